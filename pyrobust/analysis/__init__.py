@@ -1,0 +1,1 @@
+"""pyrobust.analysis."""
