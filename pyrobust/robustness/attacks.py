@@ -1,0 +1,1046 @@
+r"""Adversarial attacks on variational autoencoders.
+
+Three attacks, each a query on a Pyro ``(model, guide)`` pair through the site protocol
+(:func:`pyrobust.models.guide_loc_scale`, :func:`pyrobust.models.model_mean`):
+
+* :func:`max_damage_attack` -- the untargeted maximum-damage attack of [1]_,
+
+  .. math::
+
+     \delta^\star = \operatorname*{arg\,max}_{\|\delta\| \le \epsilon,\; x+\delta \in [l, h]}
+     \mathbb{E}_{\eta \sim \mathcal N(0, I)}
+     \bigl\| g\bigl(\mu(x+\delta) + \eta \odot \sigma(x+\delta)\bigr) - g(\mu(x)) \bigr\|_2 ,
+
+  solved by batched projected gradient ascent with expectation over the encoder noise
+  (EOT) and random restarts, or by the paper's L-BFGS-B;
+* :func:`latent_attack` -- the targeted latent-space attack of [2]_ and [3]_,
+  :math:`\min_d D(q(z|x+d) \,\|\, q(z|x_t)) + \lambda \|d\|_2` (soft) or
+  :math:`\min_{\|d\| \le \epsilon} D(\cdot)` (hard), with :math:`D` the closed-form KL
+  divergence or the squared 2-Wasserstein distance between diagonal Gaussians;
+* :func:`output_attack` -- the targeted output attack of [4]_,
+  :math:`\min_d -\mathrm{ELBO}(x_t; q(z|x+d)) + \lambda \|d\|_2`.
+
+Every attack is batched: inputs, restarts, budgets and trade-off weights are folded into the
+data dimension of one call of the guide and the model, so a GPU runs one program per step.
+
+References
+----------
+.. [1] Camuto, Willetts, Roberts, Holmes, Rainforth. *Towards a Theoretical Understanding of
+   the Robustness of Variational Autoencoders*. AISTATS 2021.
+.. [2] Tabacof, Tavares, Valle. *Adversarial Images for Variational Autoencoders*.
+   NIPS Workshop on Adversarial Training, 2016.
+.. [3] Gondim-Ribeiro, Tabacof, Valle. *Adversarial Attacks on Variational Autoencoders*.
+   LatinX in AI Workshop, 2018. arXiv:1806.04646.
+.. [4] Kos, Fischer, Song. *Adversarial Examples for Generative Models*. IEEE S&P Workshops,
+   2018.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+from scipy import optimize
+
+from pyrobust._results import make_tree, to_numpy
+from pyrobust.models.sites import guide_loc_scale, model_mean
+from pyrobust.robustness._sampling import (
+    DEFAULT_MAX_BATCH,
+    REFERENCES,
+    event_dims,
+    make_generator,
+    sample_distances,
+)
+from pyrobust.robustness._stats import clopper_pearson, decide, decision_labels
+from pyrobust.robustness._validation import (
+    check_choice,
+    check_confidence,
+    check_inputs,
+    check_positive_int,
+    check_seed,
+)
+
+__all__ = ["latent_attack", "max_damage_attack", "output_attack"]
+
+_NORMS = ("l2", "linf")
+_METHODS = ("pgd", "lbfgs")
+_DIVERGENCES = ("kl", "w2")
+#: The protocol of [3]: 50 geometrically spaced trade-off weights in [2^-20, 2^20].
+DEFAULT_LAMBDAS = tuple(float(v) for v in np.geomspace(2.0**-20, 2.0**20, 50))
+
+
+# --------------------------------------------------------------------------------------------
+# validation (private; shared with pyrobust.robustness.empirical)
+# --------------------------------------------------------------------------------------------
+def _check_x(x, fn: str) -> torch.Tensor:
+    return check_inputs(x).detach()
+
+
+def _check_positive(value, name: str, fn: str, allow_none: bool = True):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"{fn}: {name} must be a positive number; got {value!r}.")
+    return float(value)
+
+
+def _check_grid(value, name: str, fn: str, x: torch.Tensor, *, positive: bool) -> torch.Tensor:
+    """A scalar or 1-D grid of non-negative (or positive) finite numbers, on x's device."""
+    try:
+        grid = torch.as_tensor(value, dtype=x.dtype, device=x.device).detach()
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(
+            f"{fn}: {name} must be a number or a 1-D sequence of numbers; got {value!r}."
+        ) from err
+    if grid.dim() > 1 or grid.numel() == 0:
+        raise ValueError(
+            f"{fn}: {name} must be a number or a non-empty 1-D grid; got shape {tuple(grid.shape)}."
+        )
+    bad = ~torch.isfinite(grid) | (grid <= 0 if positive else grid < 0)
+    if bool(bad.any()):
+        need = "> 0" if positive else ">= 0"
+        raise ValueError(
+            f"{fn}: every {name} must be finite and {need}; got {to_numpy(grid).tolist()}."
+        )
+    return grid.reshape(-1)
+
+
+def _check_box(box, x: torch.Tensor, fn: str) -> tuple[float, float] | None:
+    if box is None:
+        return None
+    try:
+        lo, hi = (float(b) for b in box)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"{fn}: box must be a pair (low, high) of numbers or None; got {box!r}."
+        ) from err
+    if not lo < hi:
+        raise ValueError(f"{fn}: box must satisfy low < high; got {box!r}.")
+    if bool(((x < lo) | (x > hi)).any()):
+        raise ValueError(
+            f"{fn}: x has values in [{x.min().item():.4g}, {x.max().item():.4g}] outside "
+            f"box={box!r}. Pass the data range as box=(low, high), or box=None for "
+            "unbounded inputs."
+        )
+    return lo, hi
+
+
+def _check_target(target, x: torch.Tensor, fn: str) -> torch.Tensor:
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"{fn}: target must be a torch.Tensor; got {type(target).__name__}.")
+    event = tuple(x.shape[1:])
+    if tuple(target.shape) == event:
+        target = target.unsqueeze(0).expand_as(x)
+    elif tuple(target.shape) != tuple(x.shape):
+        raise ValueError(
+            f"{fn}: target must have the input's event shape {event} (one target for every "
+            f"input) or x's shape {tuple(x.shape)} (one per input); got "
+            f"{tuple(target.shape)}."
+        )
+    return target.detach().to(device=x.device, dtype=x.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# geometry: norms, projections, steps
+# --------------------------------------------------------------------------------------------
+def _norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-element norm over the trailing event dims; ``delta`` is (B, *event)."""
+    flat = delta.reshape(delta.shape[0], -1)
+    return flat.abs().amax(-1) if norm == "linf" else flat.norm(dim=-1)
+
+
+def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.reshape(v.shape + (1,) * (like.dim() - v.dim()))
+
+
+def _project(delta, x, eps, norm, box, iters: int = 40):
+    r"""Euclidean projection of ``delta`` onto :math:`\{\|d\| \le \epsilon\} \cap \{l \le x+d \le h\}`.
+
+    For ``linf`` the set is a box and the projection a clamp. For ``l2`` the KKT conditions give
+    :math:`d = \mathrm{clamp}(t\,\delta, l - x, h - x)` with the largest :math:`t \in [0, 1]`
+    whose norm is at most :math:`\epsilon` (the norm increases with :math:`t`), found by
+    bisection for every element at once. A final radial rescale guards against rounding.
+    ``delta``/``x`` are (B, *event), ``eps`` is (B,).
+    """
+    e = _bcast(eps, delta)
+    if norm == "linf":
+        low, high = -e, e
+        if box is not None:
+            low = torch.maximum(low, box[0] - x)
+            high = torch.minimum(high, box[1] - x)
+        return torch.minimum(torch.maximum(delta, low), high)
+    if box is None:
+        n = _norm(delta, "l2")
+        return delta * _bcast(torch.clamp(eps / n.clamp_min(1e-30), max=1.0), delta)
+    low, high = box[0] - x, box[1] - x
+    clamped = torch.minimum(torch.maximum(delta, low), high)
+    inside = _norm(clamped, "l2") <= eps
+    t_lo = torch.zeros_like(eps)
+    t_hi = torch.ones_like(eps)
+    for _ in range(iters):
+        t = 0.5 * (t_lo + t_hi)
+        ok = _norm(torch.minimum(torch.maximum(_bcast(t, delta) * delta, low), high), "l2") <= eps
+        t_lo = torch.where(ok, t, t_lo)
+        t_hi = torch.where(ok, t_hi, t)
+    t = torch.where(inside, torch.ones_like(t_lo), t_lo)
+    out = torch.minimum(torch.maximum(_bcast(t, delta) * delta, low), high)
+    n = _norm(out, "l2")
+    # Scaling towards 0 keeps x + d in the (convex) box, since x itself is in it.
+    return out * _bcast(torch.clamp(eps / n.clamp_min(1e-30), max=1.0), out)
+
+
+def _step(grad, norm):
+    """Steepest-ascent direction of unit ``norm`` size: normalised for l2, signed for linf."""
+    if norm == "linf":
+        return grad.sign()
+    return grad / _bcast(_norm(grad, "l2").clamp_min(1e-30), grad)
+
+
+def _random_start(shape, eps, norm, gen, x):
+    """Uniform draws in the ``norm`` ball of radius ``eps`` (one per row of ``shape``)."""
+    if norm == "linf":
+        u = torch.rand(shape, generator=gen, device=x.device, dtype=x.dtype)
+        return (2 * u - 1) * _bcast(eps, u)
+    g = torch.randn(shape, generator=gen, device=x.device, dtype=x.dtype)
+    dim = math.prod(shape[1:])
+    rad = torch.rand(shape[0], generator=gen, device=x.device, dtype=x.dtype) ** (1.0 / dim)
+    return _step(g, "l2") * _bcast(rad * eps, g)
+
+
+# --------------------------------------------------------------------------------------------
+# the quantities attacked
+# --------------------------------------------------------------------------------------------
+def _reference(model, guide, x, latent_site, obs_site):
+    """g(mu(x)) for (B, *event) inputs, without gradient."""
+    with torch.no_grad():
+        loc, _ = guide_loc_scale(guide, x, latent_site=latent_site)
+        return model_mean(model, x, loc, latent_site=latent_site, obs_site=obs_site)
+
+
+def _distances(model, guide, x, delta, ref, eta, latent_site, obs_site):
+    r"""Distances :math:`\|g(\mu(x+\delta) + \eta\sigma(x+\delta)) - \mathrm{ref}\|_2`, (K, B).
+
+    ``x``, ``delta`` and ``ref`` are (B, *event); ``eta`` is (K, B, d_z); ``ref`` broadcasts
+    against the (K, B, *event) reconstructions (pass (K, B, *event) for sampled references).
+    """
+    loc, scale = guide_loc_scale(guide, x + delta, latent_site=latent_site)
+    z = loc + eta * scale
+    g = model_mean(model, x, z, latent_site=latent_site, obs_site=obs_site)
+    return (g - ref).flatten(2).norm(dim=-1)
+
+
+def _latent_dim(guide, x, latent_site) -> int:
+    with torch.no_grad():
+        loc, _ = guide_loc_scale(guide, x[:1], latent_site=latent_site)
+    return loc.shape[-1]
+
+
+def _randn(k, b, d_z, gen, x):
+    return torch.randn((k, b, d_z), generator=gen, device=x.device, dtype=x.dtype)
+
+
+def _mean_damage(model, guide, x, delta, n, gen, max_batch, latent_site, obs_site):
+    """Monte-Carlo E_eta ||g(...) - g(mu(x))|| with ``n`` fresh draws; (B,), no gradient."""
+    with torch.no_grad():
+        d = sample_distances(
+            model,
+            guide,
+            x,
+            delta,
+            num_samples=n,
+            generator=gen,
+            max_batch=max_batch,
+            latent_site=latent_site,
+            obs_site=obs_site,
+        )
+    return d.mean(0)
+
+
+def _robust_counts(
+    model, guide, x, delta, r, *, num_samples, reference, gen, max_batch, latent_site, obs_site
+):
+    """k of ``num_samples`` draws with ||Delta(x, delta)|| <= r, per row of (B, *event); (B,)."""
+    with torch.no_grad():
+        d = sample_distances(
+            model,
+            guide,
+            x,
+            delta,
+            num_samples=num_samples,
+            reference=reference,
+            generator=gen,
+            max_batch=max_batch,
+            latent_site=latent_site,
+            obs_site=obs_site,
+        )
+    return (d <= r).sum(0)
+
+
+# --------------------------------------------------------------------------------------------
+# optimisers
+# --------------------------------------------------------------------------------------------
+def _projected_ascent(objective, x, eps, *, norm, box, steps, step_size, restarts, gen):
+    r"""Batched projected gradient ascent of ``objective`` over restarts and inputs at once.
+
+    ``objective(delta)`` maps (R*M, *event) perturbations to (R*M,) values to *maximise*
+    (fresh noise inside it gives EOT). ``x`` is (M, *event), ``eps`` (M,) per-element budgets.
+    Each step moves by ``step_size * eps`` along the normalised (l2) or signed (linf)
+    gradient and projects back onto the ball intersected with the box. Returns the final
+    perturbations, shape (R, M, *event).
+    """
+    m = x.shape[0]
+    xb = x.repeat(restarts, *([1] * (x.dim() - 1)))
+    eb = eps.repeat(restarts)
+    delta = _project(_random_start(xb.shape, eb, norm, gen, x), xb, eb, norm, box)
+    alpha = _bcast(step_size * eb, delta)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        (grad,) = torch.autograd.grad(objective(delta).sum(), delta)
+        with torch.no_grad():
+            delta = _project(delta + alpha * _step(grad, norm), xb, eb, norm, box)
+    return delta.detach().reshape(restarts, m, *x.shape[1:])
+
+
+def _lbfgs_one(objective, x, eps, norm, box, steps, gen):
+    """L-BFGS-B on one input (the reference method of [CAM]); ``objective`` as for PGD, M=1.
+
+    The box and (for linf) the budget are L-BFGS-B bounds; for l2 the iterate is mapped
+    radially into the ball, d -> d min(1, eps/||d||), inside the objective.
+    """
+    low = torch.full_like(x, -math.inf) if box is None else box[0] - x
+    high = torch.full_like(x, math.inf) if box is None else box[1] - x
+    # The l2 ball lies inside the linf ball of the same radius: bound every coordinate.
+    low, high = torch.clamp(low, min=-eps.item()), torch.clamp(high, max=eps.item())
+    start = _project(_random_start(x.shape, eps, norm, gen, x), x, eps, norm, box)
+
+    def squash(d):
+        if norm == "linf":
+            return d
+        return d * torch.clamp(eps / _norm(d, "l2").clamp_min(1e-30), max=1.0).reshape(
+            (1,) * d.dim()
+        )
+
+    def fun(flat):
+        d = torch.as_tensor(flat, dtype=x.dtype, device=x.device).reshape(x.shape)
+        d.requires_grad_(True)
+        val = -objective(squash(d)).sum()
+        (grad,) = torch.autograd.grad(val, d)
+        return val.item(), to_numpy(grad).astype(np.float64).ravel()
+
+    bounds = list(zip(to_numpy(low).ravel().tolist(), to_numpy(high).ravel().tolist(), strict=True))
+    res = optimize.minimize(
+        fun,
+        to_numpy(start).astype(np.float64).ravel(),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=bounds,
+        options={"maxiter": steps},
+    )
+    d = torch.as_tensor(res.x, dtype=x.dtype, device=x.device).reshape(x.shape)
+    with torch.no_grad():
+        return _project(squash(d), x, eps, norm, box)
+
+
+def _attack_core(
+    model,
+    guide,
+    x,
+    ref,
+    eps,
+    *,
+    norm,
+    method,
+    steps,
+    step_size,
+    restarts,
+    eot_samples,
+    eval_samples,
+    box,
+    gen,
+    d_z,
+    max_batch,
+    latent_site,
+    obs_site,
+):
+    """Max-damage attack on (M, *event) inputs with per-input budgets ``eps`` (M,).
+
+    Returns the best perturbation over restarts (M, *event) and its damage (M,), estimated
+    with ``eval_samples`` fresh draws of the encoder noise.
+    """
+    m = x.shape[0]
+    with pyro.validation_enabled(False):
+        if method == "pgd":
+            x_r = x.repeat(restarts, *([1] * (x.dim() - 1)))
+            ref_r = ref.repeat(restarts, *([1] * (x.dim() - 1)))
+
+            def objective(delta):
+                eta = _randn(eot_samples, delta.shape[0], d_z, gen, x)
+                d = _distances(model, guide, x_r, delta, ref_r, eta, latent_site, obs_site)
+                return d.mean(0)
+
+            cands = _projected_ascent(
+                objective,
+                x,
+                eps,
+                norm=norm,
+                box=box,
+                steps=steps,
+                step_size=step_size,
+                restarts=restarts,
+                gen=gen,
+            )
+        else:
+            # Common random numbers per input keep the objective deterministic for L-BFGS-B.
+            rows = []
+            for i in range(m):
+                xi, refi, ei = x[i : i + 1], ref[i : i + 1], eps[i : i + 1]
+                eta_i = _randn(eot_samples, 1, d_z, gen, x)
+
+                def objective(delta, xi=xi, refi=refi, eta_i=eta_i):
+                    d = _distances(model, guide, xi, delta, refi, eta_i, latent_site, obs_site)
+                    return d.mean(0)
+
+                rows.append(
+                    torch.stack(
+                        [
+                            _lbfgs_one(objective, xi, ei, norm, box, steps, gen)[0]
+                            for _ in range(restarts)
+                        ]
+                    )
+                )
+            cands = torch.stack(rows, dim=1)  # (R, M, *event)
+        flat = cands.reshape(restarts * m, *x.shape[1:])
+        x_r = x.repeat(restarts, *([1] * (x.dim() - 1)))
+        dmg = _mean_damage(
+            model, guide, x_r, flat, eval_samples, gen, max_batch, latent_site, obs_site
+        ).reshape(restarts, m)
+    best = dmg.argmax(0)
+    idx = torch.arange(m, device=x.device)
+    return cands[best, idx], dmg[best, idx]
+
+
+# --------------------------------------------------------------------------------------------
+# public: maximum-damage attack
+# --------------------------------------------------------------------------------------------
+def max_damage_attack(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    *,
+    eps,
+    norm: str = "l2",
+    steps: int = 100,
+    step_size: float | None = None,
+    restarts: int = 4,
+    eot_samples: int = 16,
+    eval_samples: int = 256,
+    box: tuple[float, float] | None = (0.0, 1.0),
+    method: str = "pgd",
+    r: float | None = None,
+    num_samples: int = 1000,
+    confidence: float = 0.95,
+    reference: str = "mean",
+    max_batch: int = DEFAULT_MAX_BATCH,
+    seed: int | None = None,
+    latent_site: str = "z",
+    obs_site: str = "x",
+):
+    r"""The maximum-damage attack of [CAM] on every input and every budget at once.
+
+    Solves, for each input :math:`x` and budget :math:`\epsilon`,
+
+    .. math::
+
+       \delta^\star = \operatorname*{arg\,max}_{\|\delta\|_p \le \epsilon,\;
+       l \le x + \delta \le h}
+       \mathbb{E}_{\eta \sim \mathcal N(0, I)}
+       \bigl\| g\bigl(\mu(x+\delta) + \eta \odot \sigma(x+\delta)\bigr) - g(\mu(x)) \bigr\|_2
+
+    with :math:`p \in \{2, \infty\}`. ``method="pgd"`` runs projected gradient ascent
+    (normalised l2 steps or signed linf steps of length ``step_size * eps``, then the exact
+    Euclidean projection onto the ball intersected with the box), estimating the gradient
+    with ``eot_samples`` fresh encoder draws per step (expectation over transformation), from
+    ``restarts`` random starts; inputs, restarts and the ``eps`` grid are folded into one batch.
+    ``method="lbfgs"`` mirrors the paper's L-BFGS-B, one input at a time with fixed noise draws.
+    The best restart is chosen, and the damage reported, with ``eval_samples`` fresh draws.
+
+    Parameters
+    ----------
+    model, guide : callable
+        A Pyro VAE pair following the site protocol (see :mod:`pyrobust.models.sites`).
+    x : torch.Tensor
+        Inputs of shape ``(batch, *event)``; the attack runs on their device and dtype.
+    eps : float or sequence of float
+        Budget(s) :math:`\epsilon \ge 0`; a 1-D grid adds an ``eps`` dim to the result.
+    norm : {"l2", "linf"}, default "l2"
+        The norm of the budget.
+    steps : int, default 100
+        Gradient steps (PGD) or maximum iterations (L-BFGS-B); at least 1.
+    step_size : float, optional
+        PGD step length as a fraction of ``eps``; default ``2.5 / steps`` (Madry et al.).
+    restarts : int, default 4
+        Random starts, uniform in the budget ball; the best is kept.
+    eot_samples : int, default 16
+        Encoder draws per gradient (PGD) or fixed draws per input (L-BFGS-B).
+    eval_samples : int, default 256
+        Fresh encoder draws to estimate the achieved damage of each restart.
+    box : (float, float) or None, default (0, 1)
+        Pixel range :math:`[l, h]` kept by ``x + delta``; ``x`` must lie inside it.
+    method : {"pgd", "lbfgs"}, default "pgd"
+    r : float, optional
+        If given, also estimate the probability of r-robustness at the attacked input,
+        :math:`p_r(x, \delta^\star) = P(\|\Delta(x, \delta^\star)\| \le r)`, from
+        ``num_samples`` draws, with its Clopper-Pearson interval at ``confidence`` and the
+        three-valued decision of THEORY section 1.
+    num_samples : int, default 1000
+    confidence : float, default 0.95
+    reference : {"mean", "sample"}, default "mean"
+        Reference reconstruction for the probability (the attack itself always uses
+        :math:`g(\mu(x))`, as [CAM]).
+    max_batch : int, default 16384
+        Rows (draws x inputs) per model call when estimating damage and probabilities.
+    seed : int, optional
+        Seed of a local ``torch.Generator`` on ``x``'s device; same seed, same answer.
+    latent_site, obs_site : str
+        Site names of the protocol.
+
+    Returns
+    -------
+    xarray.DataTree
+        ``constant_data``: ``x`` and the best ``delta`` (dims ``obs_id, eps, *pixel``);
+        ``robustness``: ``damage`` (achieved mean distance) and ``delta_norm``, and with ``r``
+        also ``probability``, ``ci_lower``, ``ci_upper`` and ``decision`` (dims
+        ``obs_id, eps``), as in :func:`pyrobust.r_robustness`.
+
+    Raises
+    ------
+    ValueError
+        If ``eps < 0``, ``norm``/``method``/``reference`` is unknown, ``steps < 1``, or ``x``
+        lies outside ``box``.
+
+    Examples
+    --------
+    >>> import pyro, pyro.distributions as dist, torch
+    >>> A = torch.tensor([[2.0, 0.0], [0.0, 0.5]])
+    >>> def guide(x):
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         pyro.sample("z", dist.Normal(x @ A.T, 0.1).to_event(1))
+    >>> def model(x):
+    ...     with pyro.plate("data", x.shape[0]):
+    ...         z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+    ...         pyro.sample("x", dist.Normal(z, 0.1).to_event(1), obs=x)
+    >>> tree = max_damage_attack(model, guide, torch.zeros(1, 2), eps=1.0, box=None, seed=0)
+    >>> d = tree.constant_data["delta"].values[0, 0]
+    >>> bool(abs(d[0]) > 0.99)  # the attack finds the direction A stretches most
+    True
+    """
+    fn = "max_damage_attack"
+    x = _check_x(x, fn)
+    eps_grid = _check_grid(eps, "eps", fn, x, positive=False)
+    norm = check_choice(norm, "norm", _NORMS)
+    method = check_choice(method, "method", _METHODS)
+    reference = check_choice(reference, "reference", REFERENCES)
+    steps = check_positive_int(steps, "steps")
+    restarts = check_positive_int(restarts, "restarts")
+    eot_samples = check_positive_int(eot_samples, "eot_samples")
+    eval_samples = check_positive_int(eval_samples, "eval_samples")
+    num_samples = check_positive_int(num_samples, "num_samples")
+    max_batch = check_positive_int(max_batch, "max_batch")
+    step_size = _check_positive(step_size, "step_size", fn)
+    step_size = 2.5 / steps if step_size is None else step_size
+    if r is not None:
+        _check_positive(r, "r", fn, allow_none=False)
+    confidence = check_confidence(confidence)
+    box = _check_box(box, x, fn)
+    gen = make_generator(check_seed(seed), x.device)
+
+    n, e = x.shape[0], eps_grid.shape[0]
+    event = tuple(x.shape[1:])
+    ref = _reference(model, guide, x, latent_site, obs_site)
+    d_z = _latent_dim(guide, x, latent_site)
+    # Fold the eps grid into the batch: row (j, i) is input i under budget eps_j.
+    xe = x.repeat(e, *([1] * len(event)))
+    refe = ref.repeat(e, *([1] * len(event)))
+    epse = eps_grid.repeat_interleave(n)
+    delta, damage = _attack_core(
+        model,
+        guide,
+        xe,
+        refe,
+        epse,
+        norm=norm,
+        method=method,
+        steps=steps,
+        step_size=step_size,
+        restarts=restarts,
+        eot_samples=eot_samples,
+        eval_samples=eval_samples,
+        box=box,
+        gen=gen,
+        d_z=d_z,
+        max_batch=max_batch,
+        latent_site=latent_site,
+        obs_site=obs_site,
+    )
+    dnorm = _norm(delta, norm)
+    summary = {
+        "damage": (("obs_id", "eps"), damage.reshape(e, n).T),
+        "delta_norm": (("obs_id", "eps"), dnorm.reshape(e, n).T),
+    }
+    if r is not None:
+        k = _robust_counts(
+            model,
+            guide,
+            xe,
+            delta,
+            float(r),
+            num_samples=num_samples,
+            reference=reference,
+            gen=gen,
+            max_batch=max_batch,
+            latent_site=latent_site,
+            obs_site=obs_site,
+        )
+        k = k.reshape(e, n).T
+        lower, upper = clopper_pearson(k, num_samples, confidence)
+        summary.update(
+            probability=(("obs_id", "eps"), k.to(torch.float64) / num_samples),
+            ci_lower=(("obs_id", "eps"), lower),
+            ci_upper=(("obs_id", "eps"), upper),
+            decision=(("obs_id", "eps"), decision_labels(decide(lower, upper))),
+        )
+    pix = list(event_dims(len(event)))
+    delta_out = delta.reshape(e, n, *event).transpose(0, 1)
+    constant = {"x": x}
+    if r is not None:
+        constant["r"] = np.asarray(float(r))
+    constant["delta"] = delta_out
+    return make_tree(
+        {"constant_data": constant},
+        dims={"x": ["obs_id", *pix], "delta": ["obs_id", "eps", *pix], "r": []},
+        coords={"obs_id": np.arange(n), "eps": eps_grid},
+        summary={"robustness": summary},
+        attrs={
+            "query": "max_damage_attack",
+            "norm": norm,
+            "method": method,
+            "steps": steps,
+            "step_size": step_size,
+            "restarts": restarts,
+            "eot_samples": eot_samples,
+            "eval_samples": eval_samples,
+            "box": box,
+            "r": r,
+            "num_samples": num_samples,
+            "confidence": confidence,
+            "reference": reference,
+            "seed": seed,
+            "latent_site": latent_site,
+            "obs_site": obs_site,
+        },
+        name="max_damage_attack",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# targeted attacks: latent-space [Tabacof, Gondim-Ribeiro] and output [Kos]
+# --------------------------------------------------------------------------------------------
+def _divergence(loc, scale, loc_t, scale_t, divergence):
+    r"""KL(N(loc, scale^2) || N(loc_t, scale_t^2)) or W2^2 between diagonal Gaussians, (B,)."""
+    if divergence == "w2":
+        return (loc - loc_t).pow(2).sum(-1) + (scale - scale_t).pow(2).sum(-1)
+    ratio = scale / scale_t
+    return (0.5 * (ratio.pow(2) + ((loc - loc_t) / scale_t).pow(2) - 1.0) - torch.log(ratio)).sum(
+        -1
+    )
+
+
+def _model_log_joint(model, x_obs, z, latent_site, obs_site):
+    r""":math:`\log p(z) + \log p(x_{obs} | z)` from the model's trace, shape (K, B).
+
+    ``z`` is (K, B, d_z); the K draws are folded into the data dim as in
+    :func:`pyrobust.models.model_mean`.
+    """
+    k, b = z.shape[0], z.shape[1]
+    x_rep = x_obs.unsqueeze(0).expand(k, *x_obs.shape).reshape(k * b, *x_obs.shape[1:])
+    conditioned = poutine.condition(model, data={latent_site: z.reshape(k * b, -1)})
+    trace = poutine.trace(conditioned).get_trace(x_rep)
+    total = 0.0
+    for name in (latent_site, obs_site):
+        site = trace.nodes.get(name)
+        if site is None or site["type"] != "sample":
+            raise ValueError(
+                f"output_attack: the model has no sample site {name!r}; pass the right "
+                "name with `latent_site=` / `obs_site=`."
+            )
+        lp = site["fn"].log_prob(site["value"])
+        lp = lp.expand(k * b) if lp.dim() == 0 else lp
+        total = total + lp.reshape(k * b, -1).sum(-1)
+    return total.reshape(k, b)
+
+
+def _soft_descent(objective, x, *, steps, lr, box):
+    """Minimise ``objective(delta) -> (B,)`` by Adam with a cosine-annealed learning rate,
+    keeping ``x + delta`` in the box; returns the better of the result and ``delta = 0``."""
+    delta = torch.zeros_like(x, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=lr)
+    for t in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * t / steps))
+        opt.zero_grad(set_to_none=True)
+        objective(delta).sum().backward()
+        opt.step()
+        if box is not None:
+            with torch.no_grad():
+                delta.copy_(torch.clamp(x + delta, box[0], box[1]) - x)
+    delta = delta.detach()
+    with torch.no_grad():
+        keep = objective(delta) <= objective(torch.zeros_like(delta))
+    return torch.where(_bcast(keep, delta), delta, torch.zeros_like(delta))
+
+
+def _smooth_l2(delta):
+    return (delta.reshape(delta.shape[0], -1).pow(2).sum(-1) + 1e-24).sqrt()
+
+
+def _targeted(
+    fn,
+    model,
+    guide,
+    x,
+    target,
+    *,
+    make_objective,
+    lam,
+    eps,
+    norm,
+    steps,
+    step_size,
+    lr,
+    restarts,
+    box,
+    seed,
+    latent_site,
+    obs_site,
+    attrs,
+):
+    """Shared driver of the targeted attacks: validation, folding, result tree."""
+    x = _check_x(x, fn)
+    target = _check_target(target, x, fn)
+    norm = check_choice(norm, "norm", _NORMS)
+    steps = check_positive_int(steps, "steps")
+    restarts = check_positive_int(restarts, "restarts")
+    step_size = _check_positive(step_size, "step_size", fn)
+    step_size = 2.5 / steps if step_size is None else step_size
+    lr = _check_positive(lr, "lr", fn)
+    box = _check_box(box, x, fn)
+    if lam is not None and eps is not None:
+        raise ValueError(f"{fn}: pass either lam= (soft attack) or eps= (hard attack), not both.")
+    if eps is None:
+        grid = _check_grid(DEFAULT_LAMBDAS if lam is None else lam, "lam", fn, x, positive=True)
+        mode, dim = "soft", "lam"
+    else:
+        grid = _check_grid(eps, "eps", fn, x, positive=False)
+        mode, dim = "hard", "eps"
+    if lr is None:
+        scale = (box[1] - box[0]) if box is not None else float(x.abs().max().clamp_min(1e-3))
+        lr = 0.05 * scale
+    gen = make_generator(check_seed(seed), x.device)
+
+    n, g_len = x.shape[0], grid.shape[0]
+    event = tuple(x.shape[1:])
+    xe = x.repeat(g_len, *([1] * len(event)))
+    te = target.repeat(g_len, *([1] * len(event)))
+    ge = grid.repeat_interleave(n)
+    with pyro.validation_enabled(False):
+        with torch.no_grad():
+            loc_t, scale_t = guide_loc_scale(guide, te, latent_site=latent_site)
+        if mode == "soft":
+            cost = make_objective(xe, te, loc_t, scale_t, gen, 1)
+
+            def soft(delta):
+                return cost(delta) + ge * _smooth_l2(delta)
+
+            delta = _soft_descent(soft, xe, steps=steps, lr=lr, box=box)
+        else:
+            cost = make_objective(xe, te, loc_t, scale_t, gen, restarts)
+            cands = _projected_ascent(
+                lambda d: -cost(d),
+                xe,
+                ge,
+                norm=norm,
+                box=box,
+                steps=steps,
+                step_size=step_size,
+                restarts=restarts,
+                gen=gen,
+            )
+            with torch.no_grad():
+                vals = cost(cands.reshape(restarts * xe.shape[0], *event)).reshape(restarts, -1)
+            best = vals.argmin(0)
+            delta = cands[best, torch.arange(xe.shape[0], device=x.device)]
+        with torch.no_grad():
+            loc, scale = guide_loc_scale(guide, xe + delta, latent_site=latent_site)
+            recon = model_mean(model, xe, loc, latent_site=latent_site, obs_site=obs_site)
+            recon_t = model_mean(model, te, loc_t, latent_site=latent_site, obs_site=obs_site)
+            div = _divergence(loc, scale, loc_t, scale_t, attrs.get("divergence", "kl"))
+            obj = make_objective(xe, te, loc_t, scale_t, gen, 1)(delta)
+
+    def by_input(v):
+        return v.reshape(g_len, n).T
+
+    distortion = _norm(delta, norm)
+    target_distance = (recon - te).flatten(1).norm(dim=-1)
+    summary = {
+        "distortion": (("obs_id", dim), by_input(distortion)),
+        "divergence": (("obs_id", dim), by_input(div)),
+        "objective": (("obs_id", dim), by_input(obj)),
+        "target_distance": (("obs_id", dim), by_input(target_distance)),
+        "recon_distance": (("obs_id", dim), by_input((recon - recon_t).flatten(1).norm(dim=-1))),
+    }
+    if g_len > 1:
+        dist_c, dist_t = by_input(distortion), by_input(target_distance)
+        order = dist_c.argsort(dim=-1)
+        summary["auc"] = (
+            ("obs_id",),
+            torch.trapezoid(dist_t.gather(-1, order), dist_c.gather(-1, order), dim=-1),
+        )
+    pix = list(event_dims(len(event)))
+    return make_tree(
+        {
+            "constant_data": {
+                "x": x,
+                "target": target,
+                "delta": delta.reshape(g_len, n, *event).transpose(0, 1),
+            }
+        },
+        dims={
+            "x": ["obs_id", *pix],
+            "target": ["obs_id", *pix],
+            "delta": ["obs_id", dim, *pix],
+        },
+        coords={"obs_id": np.arange(n), dim: grid},
+        summary={"robustness": summary},
+        attrs={
+            **attrs,
+            "mode": mode,
+            "norm": norm,
+            "steps": steps,
+            "step_size": step_size,
+            "lr": lr,
+            "restarts": restarts,
+            "box": box,
+            "seed": seed,
+            "latent_site": latent_site,
+            "obs_site": obs_site,
+        },
+        name=attrs["query"],
+    )
+
+
+_TARGETED_RETURNS = r"""
+    Returns
+    -------
+    xarray.DataTree
+        ``constant_data``: ``x``, ``target`` and the perturbations ``delta`` (dims
+        ``obs_id, lam|eps, *pixel``); ``robustness`` (dims ``obs_id, lam|eps``):
+        ``distortion`` :math:`\|d\|`, ``divergence`` :math:`D(q(z|x+d), q(z|x_t))`,
+        ``objective`` (the attacked term without the penalty), ``target_distance``
+        :math:`\|g(\mu(x+d)) - x_t\|_2`, ``recon_distance``
+        :math:`\|g(\mu(x+d)) - g(\mu(x_t))\|_2`, and for a grid ``auc``: the area under the
+        curve of ``target_distance`` against ``distortion`` (trapezoid rule over the grid
+        points sorted by distortion; smaller means a more vulnerable model), the summary of [3]_.
+"""
+
+
+def latent_attack(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    divergence: str = "kl",
+    lam=None,
+    eps=None,
+    norm: str = "l2",
+    steps: int = 200,
+    step_size: float | None = None,
+    lr: float | None = None,
+    restarts: int = 1,
+    box: tuple[float, float] | None = (0.0, 1.0),
+    seed: int | None = None,
+    latent_site: str = "z",
+    obs_site: str = "x",
+):
+    r"""Targeted latent-space attack of Tabacof et al. [2]_ and Gondim-Ribeiro et al. [3]_.
+
+    Moves the encoding of :math:`x + d` onto that of a target :math:`x_t`:
+
+    .. math::
+
+       \min_d\; D\bigl(q(z|x+d) \,\|\, q(z|x_t)\bigr) + \lambda \|d\|_2 \quad\text{(soft)},
+       \qquad
+       \min_{\|d\| \le \epsilon}\; D\bigl(q(z|x+d) \,\|\, q(z|x_t)\bigr) \quad\text{(hard)},
+
+    always with :math:`x + d` in ``box``. For diagonal Gaussians
+    :math:`\mathrm{KL} = \sum_i \log\frac{\sigma_{t,i}}{\sigma_i}
+    + \frac{\sigma_i^2 + (\mu_i - \mu_{t,i})^2}{2\sigma_{t,i}^2} - \frac12` and
+    :math:`W_2^2 = \|\mu - \mu_t\|^2 + \|\sigma - \sigma_t\|^2`.
+    With neither ``lam`` nor ``eps`` the protocol of [3]_ runs: 50 geometrically spaced
+    :math:`\lambda \in [2^{-20}, 2^{20}]`, all in one batch, and the area under the
+    distortion-distance curve summarises the model's vulnerability.
+
+    The soft problem is solved by Adam (cosine-annealed ``lr``) and the result is kept only
+    if it beats :math:`d = 0`; the hard problem by projected gradient descent as in
+    :func:`max_damage_attack` (``steps``, ``step_size``, ``restarts``).
+
+    Parameters
+    ----------
+    model, guide : callable
+        A Pyro VAE pair following the site protocol.
+    x : torch.Tensor
+        Inputs, shape ``(batch, *event)``.
+    target : torch.Tensor
+        One target of shape ``event`` for all inputs, or one per input, shape ``x.shape``.
+    divergence : {"kl", "w2"}, default "kl"
+    lam : float or sequence of float, optional
+        Trade-off weight(s) :math:`\lambda > 0` of the soft attack (a ``lam`` dim).
+    eps : float or sequence of float, optional
+        Budget(s) of the hard attack (an ``eps`` dim); exclusive with ``lam``.
+    norm : {"l2", "linf"}, default "l2"
+        Norm of the hard budget and of the reported distortion.
+    steps : int, default 200
+    step_size : float, optional
+        PGD step as a fraction of ``eps`` (hard attack); default ``2.5 / steps``.
+    lr : float, optional
+        Adam learning rate (soft attack); default 5% of the box width (without a box, of
+        the largest ``|x|``).
+    restarts : int, default 1
+        Random starts of the hard attack.
+    box : (float, float) or None, default (0, 1)
+    seed : int, optional
+    latent_site, obs_site : str
+    """
+    fn = "latent_attack"
+    divergence = check_choice(divergence, "divergence", _DIVERGENCES)
+
+    def make_objective(xe, te, loc_t, scale_t, gen, reps):
+        x_r = xe.repeat(reps, *([1] * (xe.dim() - 1)))
+        lt, st = loc_t.repeat(reps, 1), scale_t.repeat(reps, 1)
+
+        def cost(delta):
+            loc, scale = guide_loc_scale(guide, x_r + delta, latent_site=latent_site)
+            return _divergence(loc, scale, lt, st, divergence)
+
+        return cost
+
+    return _targeted(
+        fn,
+        model,
+        guide,
+        x,
+        target,
+        make_objective=make_objective,
+        lam=lam,
+        eps=eps,
+        norm=norm,
+        steps=steps,
+        step_size=step_size,
+        lr=lr,
+        restarts=restarts,
+        box=box,
+        seed=seed,
+        latent_site=latent_site,
+        obs_site=obs_site,
+        attrs={"query": "latent_attack", "divergence": divergence},
+    )
+
+
+def output_attack(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    lam=None,
+    eps=None,
+    norm: str = "l2",
+    elbo_samples: int = 8,
+    steps: int = 200,
+    step_size: float | None = None,
+    lr: float | None = None,
+    restarts: int = 1,
+    box: tuple[float, float] | None = (0.0, 1.0),
+    seed: int | None = None,
+    latent_site: str = "z",
+    obs_site: str = "x",
+):
+    r"""Targeted output attack of Kos et al. [4]_: make the VAE reconstruct a target.
+
+    .. math::
+
+       \min_d\; -\mathrm{ELBO}\bigl(x_t;\, q(z|x+d)\bigr) + \lambda \|d\|_2, \qquad
+       -\mathrm{ELBO} = \mathbb{E}_{q(z|x+d)}\bigl[\log q(z|x+d) - \log p(z)
+       - \log p(x_t|z)\bigr],
+
+    i.e. the encoder is fed the perturbed input while the likelihood scores the target. The
+    expectation uses ``elbo_samples`` fresh reparameterised draws per step; :math:`\log p(z)`
+    and :math:`\log p(x_t|z)` are read from the model's trace (its latent and observed
+    sites), so any likelihood works. ``eps`` gives the hard version
+    :math:`\min_{\|d\| \le \epsilon}`. The protocol sweep, solvers and result are those of
+    :func:`latent_attack` (``divergence`` is the KL to the target's encoding).
+
+    Parameters
+    ----------
+    model, guide, x, target, lam, eps, norm, steps, step_size, lr, restarts, box, seed,
+    latent_site, obs_site
+        As in :func:`latent_attack`.
+    elbo_samples : int, default 8
+        Encoder draws per ELBO estimate.
+    """
+    fn = "output_attack"
+    elbo_samples = check_positive_int(elbo_samples, "elbo_samples")
+
+    def make_objective(xe, te, loc_t, scale_t, gen, reps):
+        x_r = xe.repeat(reps, *([1] * (xe.dim() - 1)))
+        t_r = te.repeat(reps, *([1] * (te.dim() - 1)))
+
+        def cost(delta):
+            loc, scale = guide_loc_scale(guide, x_r + delta, latent_site=latent_site)
+            eta = _randn(elbo_samples, loc.shape[0], loc.shape[-1], gen, x_r)
+            z = loc + eta * scale
+            log_q = torch.distributions.Normal(loc, scale).log_prob(z).sum(-1)
+            log_p = _model_log_joint(model, t_r, z, latent_site, obs_site)
+            return (log_q - log_p).mean(0)
+
+        return cost
+
+    return _targeted(
+        fn,
+        model,
+        guide,
+        x,
+        target,
+        make_objective=make_objective,
+        lam=lam,
+        eps=eps,
+        norm=norm,
+        steps=steps,
+        step_size=step_size,
+        lr=lr,
+        restarts=restarts,
+        box=box,
+        seed=seed,
+        latent_site=latent_site,
+        obs_site=obs_site,
+        attrs={"query": "output_attack", "elbo_samples": elbo_samples},
+    )
+
+
+latent_attack.__doc__ += _TARGETED_RETURNS
+output_attack.__doc__ += _TARGETED_RETURNS
