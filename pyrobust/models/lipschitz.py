@@ -344,13 +344,23 @@ class LipschitzMLP(nn.Module):
 # --------------------------------------------------------------------------------------------
 # encoders and decoder
 # --------------------------------------------------------------------------------------------
+class _Configurable(nn.Module):
+    """Modules rebuilt from ``config()`` by :func:`pyrobust.models.load_model`."""
+
+    _config: dict
+
+    def config(self) -> dict:
+        """Constructor arguments, JSON-able (for saving and loading)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self._config.items()}
+
+
 def _project_norm(scale: torch.Tensor, max_norm: float) -> torch.Tensor:
     """Project onto the l2 ball of radius ``max_norm`` (1-Lipschitz, keeps positivity)."""
     norm = torch.linalg.vector_norm(scale, dim=-1, keepdim=True)
     return scale * (max_norm / norm.clamp_min(max_norm)).clamp_max(1.0)
 
 
-class LipschitzEncoder(nn.Module):
+class LipschitzEncoder(_Configurable):
     r"""Gaussian encoder with :math:`b`-Lipschitz mean and :math:`c`-Lipschitz std [1]_.
 
     .. math::
@@ -407,6 +417,18 @@ class LipschitzEncoder(nn.Module):
         n_iter: int = 20,
     ):
         super().__init__()
+        self._config = {
+            "input_shape": input_shape,
+            "latent_dim": latent_dim,
+            "hidden": hidden,
+            "loc_lipschitz": loc_lipschitz,
+            "scale_lipschitz": scale_lipschitz,
+            "max_scale_norm": max_scale_norm,
+            "min_scale": min_scale,
+            "init_scale": init_scale,
+            "group_size": group_size,
+            "n_iter": n_iter,
+        }
         self.input_shape = _shape("input_shape", input_shape)
         self.latent_dim = _positive_int("latent_dim", latent_dim)
         self.loc_lipschitz = _positive("loc_lipschitz", loc_lipschitz)
@@ -437,7 +459,7 @@ class LipschitzEncoder(nn.Module):
         return loc, scale
 
 
-class LipschitzFixedStdEncoder(nn.Module):
+class LipschitzFixedStdEncoder(_Configurable):
     r"""Gaussian encoder with :math:`b`-Lipschitz mean and a fixed std :math:`\gamma` [1]_.
 
     :math:`\mu(x) = f_\mu(x)` with :math:`f_\mu` a :math:`b`-Lipschitz :class:`LipschitzMLP`,
@@ -472,6 +494,15 @@ class LipschitzFixedStdEncoder(nn.Module):
         n_iter: int = 20,
     ):
         super().__init__()
+        self._config = {
+            "input_shape": input_shape,
+            "latent_dim": latent_dim,
+            "hidden": hidden,
+            "loc_lipschitz": loc_lipschitz,
+            "std": std,
+            "group_size": group_size,
+            "n_iter": n_iter,
+        }
         self.input_shape = _shape("input_shape", input_shape)
         self.latent_dim = _positive_int("latent_dim", latent_dim)
         self.loc_lipschitz = _positive("loc_lipschitz", loc_lipschitz)
@@ -493,7 +524,7 @@ class LipschitzFixedStdEncoder(nn.Module):
 _DECODER_OUTPUTS = ("sigmoid", "logits", "identity")
 
 
-class LipschitzDecoder(nn.Module):
+class LipschitzDecoder(_Configurable):
     r"""Decoder whose mean :math:`g(z)` is :math:`a`-Lipschitz in l2 [1]_.
 
     ``output="sigmoid"`` (default): :math:`g(z) = \mathrm{sigmoid}(f(z))` with :math:`f` a
@@ -535,6 +566,15 @@ class LipschitzDecoder(nn.Module):
         n_iter: int = 20,
     ):
         super().__init__()
+        self._config = {
+            "latent_dim": latent_dim,
+            "output_shape": output_shape,
+            "hidden": hidden,
+            "lipschitz": lipschitz,
+            "output": output,
+            "group_size": group_size,
+            "n_iter": n_iter,
+        }
         if output not in _DECODER_OUTPUTS:
             raise ValueError(f"`output` must be one of {_DECODER_OUTPUTS}; got {output!r}.")
         self.latent_dim = _positive_int("latent_dim", latent_dim)

@@ -195,17 +195,44 @@ def _radii(r, *, device, dtype) -> tuple[torch.Tensor, bool]:
 
 
 def _constants_from_vae(model, guide):
-    """Verified constants of a VAE built from pyrobust's Lipschitz modules, or None."""
-    from pyrobust.models.lipschitz import lipschitz_constants
+    """Verified constants of a VAE built from pyrobust's Lipschitz modules, or None.
+
+    The VAE is the owner of the bound methods ``guide``/``model`` (e.g. ``vae.guide``). Its
+    reconstruction ``decode(z)`` must be the Lipschitz decoder's mean, otherwise the decoder's
+    constant is not the constant of g (e.g. logits fed to a Gaussian likelihood).
+    """
+    from pyrobust.models.lipschitz import LipschitzDecoder, lipschitz_constants
 
     for fn in (guide, model):
         owner = getattr(fn, "__self__", fn)
         enc, dec = getattr(owner, "encoder", None), getattr(owner, "decoder", None)
-        if enc is not None and dec is not None:
-            try:
-                return lipschitz_constants(enc, dec)
-            except TypeError:
-                return None
+        if enc is None or dec is None:
+            continue
+        try:
+            constants = lipschitz_constants(enc, dec)
+        except TypeError:
+            return None
+        decode = getattr(owner, "decode", None)
+        if callable(decode) and isinstance(dec, LipschitzDecoder):
+            p = next(iter(dec.parameters()))
+            z = torch.randn(
+                3,
+                dec.latent_dim,
+                generator=torch.Generator(device=p.device).manual_seed(0),
+                device=p.device,
+                dtype=p.dtype,
+            )
+            with torch.no_grad():
+                if not torch.allclose(decode(z), dec.mean(z), rtol=1e-4, atol=1e-6):
+                    raise ValueError(
+                        f"The VAE's reconstruction g(z) = decode(z) is not the mean of its "
+                        f"LipschitzDecoder(output={dec.output!r}) (likelihood "
+                        f"{type(getattr(owner, 'likelihood', None)).__name__}), so the decoder's "
+                        "constant is not the constant a of g. Use output='logits' with a "
+                        "Bernoulli likelihood and output='sigmoid' or 'identity' with a Gaussian "
+                        "or Laplace one, or pass a yourself."
+                    )
+        return constants
     return None
 
 
