@@ -510,6 +510,10 @@ def sap(
     (\mathrm{Var}\, z_j\, \mathrm{Var}\, v_k)` on all points (0 if :math:`\mathrm{Var}\, z_j
     \le 10^{-12}`).
 
+    With discrete factors the second-best code still predicts :math:`v_k` at chance accuracy
+    (about :math:`1/V_k` with balanced classes), so even a perfect code scores at most about
+    :math:`1 - 1/V_k`; the continuous variant reaches 1.
+
     Parameters
     ----------
     codes : array, shape (N, L)
