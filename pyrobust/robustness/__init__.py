@@ -4,6 +4,7 @@ Every function takes ``(model, guide, x, ...)`` like ``pyro.infer.Predictive`` a
 ``xarray.DataTree`` in the ArviZ schema with a ``robustness`` group.
 """
 
+from pyrobust.robustness.margin import margin_bound
 from pyrobust.robustness.query import r_robustness
 
-__all__ = ["r_robustness"]
+__all__ = ["margin_bound", "r_robustness"]

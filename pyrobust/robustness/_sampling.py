@@ -16,7 +16,7 @@ chunked over samples so at most ``max_batch`` latent codes are decoded per model
 
 Stable private API (used by ``query``, ``margin``, ``attacks`` and ``empirical``):
 
-* :func:`make_generator` ``(seed, device) -> torch.Generator``
+* :func:`resolve_seed` ``(seed) -> int`` and :func:`make_generator` ``(seed, device)``
 * :func:`encoder_stats` ``(guide, x, *, latent_site="z") -> (loc, scale)``
 * :func:`sample_distances` ``(model, guide, x, delta=None, *, num_samples, reference="mean",
   generator=None, max_batch=DEFAULT_MAX_BATCH, latent_site="z", obs_site="x") -> Tensor``
@@ -51,6 +51,7 @@ __all__ = [
     "event_dims",
     "make_generator",
     "random_perturbations",
+    "resolve_seed",
     "sample_distances",
 ]
 
@@ -62,15 +63,18 @@ REFERENCES = ("mean", "sample")
 FAMILIES = ("gaussian", "sphere", "linf")
 
 
-def make_generator(seed: int | None, device: torch.device | str) -> torch.Generator:
-    """A local ``torch.Generator`` on ``device``.
+def resolve_seed(seed: int | None) -> int:
+    """``seed`` itself, or with ``None`` a seed drawn from torch's global generator.
 
-    With ``seed=None`` the seed is drawn from torch's global generator, so
-    ``pyro.set_rng_seed`` still makes the call reproducible.
+    Drawing from the global generator keeps ``pyro.set_rng_seed`` effective; functions store the
+    resolved seed in their result attrs so any call can be repeated exactly.
     """
-    if seed is None:
-        seed = int(torch.randint(0, 2**62, ()).item())
-    return torch.Generator(device=torch.device(device)).manual_seed(int(seed))
+    return int(torch.randint(0, 2**62, ()).item()) if seed is None else int(seed)
+
+
+def make_generator(seed: int | None, device: torch.device | str) -> torch.Generator:
+    """A local ``torch.Generator`` on ``device`` seeded with :func:`resolve_seed` ``(seed)``."""
+    return torch.Generator(device=torch.device(device)).manual_seed(resolve_seed(seed))
 
 
 def encoder_stats(

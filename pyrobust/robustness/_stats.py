@@ -17,6 +17,7 @@ Stable private API:
 
 * :func:`clopper_pearson` ``(k, n, confidence) -> (lower, upper)``
 * :func:`clopper_pearson_lower` ``(k, n, confidence) -> lower``
+* :func:`count_inside` ``(distances, r) -> (k, median)``
 * :func:`decide` ``(lower, upper) -> int8 codes`` and :func:`decision_labels` ``(codes)``
 * :data:`ROBUST`, :data:`UNDECIDED`, :data:`NOT_ROBUST` (the codes) and :data:`DECISIONS`
 
@@ -45,6 +46,7 @@ __all__ = [
     "UNDECIDED",
     "clopper_pearson",
     "clopper_pearson_lower",
+    "count_inside",
     "decide",
     "decision_labels",
 ]
@@ -131,3 +133,29 @@ def decision_labels(codes) -> np.ndarray:
     out[codes == ROBUST] = DECISIONS[ROBUST]
     out[codes == NOT_ROBUST] = DECISIONS[NOT_ROBUST]
     return out
+
+
+def count_inside(distances: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Draws inside each radius, and the median distance, from one sort of the draws.
+
+    Parameters
+    ----------
+    distances : torch.Tensor
+        Draws of :math:`\|\Delta\|` of shape ``(S, *batch)`` (samples first).
+    r : torch.Tensor
+        1-D tensor of ``R`` radii.
+
+    Returns
+    -------
+    k : torch.Tensor
+        ``int64`` counts :math:`k = \#\{s : \|\Delta_s\| \le r\}` of shape ``(*batch, R)``.
+    median : torch.Tensor
+        The sample median over ``S`` (mean of the two middle order statistics when ``S`` is
+        even), shape ``batch``: the degree of robustness.
+    """
+    num_samples = distances.shape[0]
+    ordered = distances.sort(dim=0).values
+    median = 0.5 * (ordered[(num_samples - 1) // 2] + ordered[num_samples // 2])
+    seq = ordered.movedim(0, -1).contiguous()
+    radii = r.to(seq.dtype).expand(*seq.shape[:-1], r.numel()).contiguous()
+    return torch.searchsorted(seq, radii, right=True), median

@@ -14,6 +14,7 @@ Stable private API (used by ``query``, ``margin``, ``attacks`` and ``empirical``
 * :func:`check_choice` ``(value, name, choices) -> str``
 * :func:`check_seed` ``(seed) -> int | None``
 * :func:`check_finite` ``(t, name) -> None``
+* :func:`check_site_name` ``(value, name) -> str``
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "check_positive_int",
     "check_radius",
     "check_seed",
+    "check_site_name",
 ]
 
 
@@ -182,3 +184,12 @@ def check_seed(seed: Any) -> int | None:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise TypeError(f"`seed` must be None or a non-negative integer; got {seed!r}.")
     return int(seed)
+
+
+def check_site_name(value: Any, name: str) -> str:
+    """Check a Pyro sample-site name (a non-empty string)."""
+    if not isinstance(value, str) or not value:
+        raise TypeError(
+            f"`{name}` must be the name of a Pyro sample site (a non-empty string); got {value!r}."
+        )
+    return value

@@ -20,11 +20,13 @@ from pyrobust.robustness._sampling import (
     REFERENCES,
     event_dims,
     random_perturbations,
+    resolve_seed,
     sample_distances,
 )
 from pyrobust.robustness._stats import (
     DECISIONS,
     clopper_pearson,
+    count_inside,
     decide,
     decision_labels,
 )
@@ -37,17 +39,10 @@ from pyrobust.robustness._validation import (
     check_positive_int,
     check_radius,
     check_seed,
+    check_site_name,
 )
 
 __all__ = ["r_robustness"]
-
-
-def _check_site_name(value: Any, name: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise TypeError(
-            f"`{name}` must be the name of a Pyro sample site (a string); got {value!r}."
-        )
-    return value
 
 
 def _check_eps(eps: Any, x: torch.Tensor) -> torch.Tensor:
@@ -67,27 +62,6 @@ def _check_eps(eps: Any, x: torch.Tensor) -> torch.Tensor:
     if bool((t < 0).any()):
         raise ValueError(f"`eps` must be >= 0 (perturbation sizes); got {t.tolist()}.")
     return t.reshape(-1).to(device=x.device, dtype=x.dtype)
-
-
-def _draw_seed(seed: int | None) -> int:
-    # Drawn from torch's global generator, so ``pyro.set_rng_seed`` reproduces it; stored in attrs.
-    return int(torch.randint(0, 2**62, ()).item()) if seed is None else seed
-
-
-def _summarise(dist: torch.Tensor, r: torch.Tensor, confidence: float):
-    """Counts inside each radius, exact intervals, decisions and medians.
-
-    ``dist`` has shape ``(S, *batch)``; returns ``k`` of shape ``(*batch, R)``, the median of
-    shape ``batch``, and the intervals/decision codes shaped like ``k``.
-    """
-    num_samples = dist.shape[0]
-    ordered = dist.sort(dim=0).values
-    median = 0.5 * (ordered[(num_samples - 1) // 2] + ordered[num_samples // 2])
-    seq = ordered.movedim(0, -1).contiguous()
-    radii = r.to(seq.dtype).expand(*seq.shape[:-1], r.numel()).contiguous()
-    k = torch.searchsorted(seq, radii, right=True)  # draws with distance <= r
-    lower, upper = clopper_pearson(k, num_samples, confidence)
-    return k, median, lower, upper, decide(lower, upper)
 
 
 def r_robustness(
@@ -229,9 +203,9 @@ def r_robustness(
     max_batch = check_positive_int(max_batch, "max_batch")
     reference = check_choice(reference, "reference", REFERENCES)
     confidence = check_confidence(confidence)
-    latent_site = _check_site_name(latent_site, "latent_site")
-    obs_site = _check_site_name(obs_site, "obs_site")
-    seed_used = _draw_seed(check_seed(seed))
+    latent_site = check_site_name(latent_site, "latent_site")
+    obs_site = check_site_name(obs_site, "obs_site")
+    seed_used = resolve_seed(check_seed(seed))
     generator = torch.Generator(device=x.device).manual_seed(seed_used)
 
     eps_t = None
@@ -274,7 +248,9 @@ def r_robustness(
             latent_site=latent_site,
             obs_site=obs_site,
         )  # (S, n, *pert)
-        k, degree, lower, upper, codes = _summarise(dist, r_t, confidence)
+        k, degree = count_inside(dist, r_t)  # (n, *pert, R), (n, *pert)
+        lower, upper = clopper_pearson(k, num_samples, confidence)
+        codes = decide(lower, upper)
 
     radius_dims: tuple[str, ...] = () if r_scalar else ("radius",)
     if r_scalar:
