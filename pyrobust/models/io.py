@@ -215,7 +215,9 @@ def load_model(path: str | os.PathLike, map_location=None) -> VAE:
         raise FileNotFoundError(f"No model file at {str(path)!r}.")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as err:
+    except PermissionError:
+        raise
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
         raise ValueError(
             f"{str(path)!r} is not a readable pyrobust model file (corrupted, truncated, or "
             f"holding objects other than tensors, which weights_only loading refuses): {err}"
