@@ -289,8 +289,10 @@ def _projected_ascent(objective, x, eps, *, norm, box, steps, step_size, restart
 
     ``objective(delta)`` maps (R*M, *event) perturbations to (R*M,) values to *maximise*
     (fresh noise inside it gives EOT). ``x`` is (M, *event), ``eps`` (M,) per-element budgets.
-    Each step moves by ``step_size * eps`` along the normalised (l2) or signed (linf)
-    gradient and projects back onto the ball intersected with the box. Returns the final
+    Step ``t`` moves by :math:`\alpha_t = \alpha_0 (1 + \cos(\pi t / T)) / 2` with
+    :math:`\alpha_0` = ``step_size * eps`` along the normalised (l2) or signed (linf) gradient
+    and projects back onto the ball intersected with the box; the cosine decay lets the
+    iterate settle on interior optima too (the path length stays :math:`\alpha_0 T / 2`). Returns the final
     perturbations, shape (R, M, *event).
     """
     m = x.shape[0]
@@ -298,11 +300,12 @@ def _projected_ascent(objective, x, eps, *, norm, box, steps, step_size, restart
     eb = eps.repeat(restarts)
     delta = _project(_random_start(xb.shape, eb, norm, gen, x), xb, eb, norm, box)
     alpha = _bcast(step_size * eb, delta)
-    for _ in range(steps):
+    for t in range(steps):
         delta.requires_grad_(True)
         (grad,) = torch.autograd.grad(objective(delta).sum(), delta)
         with torch.no_grad():
-            delta = _project(delta + alpha * _step(grad, norm), xb, eb, norm, box)
+            decay = 0.5 * (1.0 + math.cos(math.pi * t / steps))
+            delta = _project(delta + decay * alpha * _step(grad, norm), xb, eb, norm, box)
     return delta.detach().reshape(restarts, m, *x.shape[1:])
 
 
@@ -462,7 +465,7 @@ def max_damage_attack(
        \bigl\| g\bigl(\mu(x+\delta) + \eta \odot \sigma(x+\delta)\bigr) - g(\mu(x)) \bigr\|_2
 
     with :math:`p \in \{2, \infty\}`. ``method="pgd"`` runs projected gradient ascent
-    (normalised l2 steps or signed linf steps of length ``step_size * eps``, then the exact
+    (normalised l2 steps or signed linf steps of cosine-decaying length, then the exact
     Euclidean projection onto the ball intersected with the box), estimating the gradient
     with ``eot_samples`` fresh encoder draws per step (expectation over transformation), from
     ``restarts`` random starts; inputs, restarts and the ``eps`` grid are folded into one batch.
@@ -482,7 +485,9 @@ def max_damage_attack(
     steps : int, default 100
         Gradient steps (PGD) or maximum iterations (L-BFGS-B); at least 1.
     step_size : float, optional
-        PGD step length as a fraction of ``eps``; default ``2.5 / steps`` (Madry et al.).
+        Initial PGD step length as a fraction of ``eps``, decayed to 0 by a cosine schedule;
+        default ``8 / steps`` (a path of four times the budget: enough to travel half way
+        round the ball's sphere).
     restarts : int, default 4
         Random starts, uniform in the budget ball; the best is kept.
     eot_samples : int, default 16
@@ -552,7 +557,7 @@ def max_damage_attack(
     num_samples = check_positive_int(num_samples, "num_samples")
     max_batch = check_positive_int(max_batch, "max_batch")
     step_size = _check_positive(step_size, "step_size", fn)
-    step_size = 2.5 / steps if step_size is None else step_size
+    step_size = 8.0 / steps if step_size is None else step_size
     if r is not None:
         _check_positive(r, "r", fn, allow_none=False)
     confidence = check_confidence(confidence)
@@ -660,22 +665,22 @@ def _divergence(loc, scale, loc_t, scale_t, divergence):
     )
 
 
-def _model_log_joint(model, x_obs, z, latent_site, obs_site):
+def _model_log_joint(model, x_obs, z, latent_site, obs_site, *, prior=True):
     r""":math:`\log p(z) + \log p(x_{obs} | z)` from the model's trace, shape (K, B).
 
     ``z`` is (K, B, d_z); the K draws are folded into the data dim as in
-    :func:`pyrobust.models.model_mean`.
+    :func:`pyrobust.models.model_mean`. With ``prior=False`` only :math:`\log p(x_{obs}|z)`.
     """
     k, b = z.shape[0], z.shape[1]
     x_rep = x_obs.unsqueeze(0).expand(k, *x_obs.shape).reshape(k * b, *x_obs.shape[1:])
     conditioned = poutine.condition(model, data={latent_site: z.reshape(k * b, -1)})
     trace = poutine.trace(conditioned).get_trace(x_rep)
     total = 0.0
-    for name in (latent_site, obs_site):
+    for name in (latent_site, obs_site) if prior else (obs_site,):
         site = trace.nodes.get(name)
         if site is None or site["type"] != "sample":
             raise ValueError(
-                f"output_attack: the model has no sample site {name!r}; pass the right "
+                f"The model has no sample site {name!r}; pass the right "
                 "name with `latent_site=` / `obs_site=`."
             )
         lp = site["fn"].log_prob(site["value"])
@@ -736,7 +741,7 @@ def _targeted(
     steps = check_positive_int(steps, "steps")
     restarts = check_positive_int(restarts, "restarts")
     step_size = _check_positive(step_size, "step_size", fn)
-    step_size = 2.5 / steps if step_size is None else step_size
+    step_size = 8.0 / steps if step_size is None else step_size
     lr = _check_positive(lr, "lr", fn)
     box = _check_box(box, x, fn)
     if lam is not None and eps is not None:
@@ -916,7 +921,7 @@ def latent_attack(
         Norm of the hard budget and of the reported distortion.
     steps : int, default 200
     step_size : float, optional
-        PGD step as a fraction of ``eps`` (hard attack); default ``2.5 / steps``.
+        Initial PGD step as a fraction of ``eps`` (hard attack); default ``8 / steps``.
     lr : float, optional
         Adam learning rate (soft attack); default 5% of the box width (without a box, of
         the largest ``|x|``).
