@@ -8,6 +8,15 @@ draws the plots and the HTML report of a run. Plotting imports matplotlib only w
 
 from pyrobust.analysis.io import combine, load, save, settings
 from pyrobust.analysis.metrics import beta_vae_score, dci, factor_vae_score, mig, sap
+from pyrobust.analysis.plots import (
+    plot_against_beta,
+    plot_latent_traversals,
+    plot_margin_scatter,
+    plot_reconstructions,
+    plot_robustness_curve,
+    plot_training_curves,
+)
+from pyrobust.analysis.report import report
 
 __all__ = [
     "beta_vae_score",
@@ -16,6 +25,13 @@ __all__ = [
     "factor_vae_score",
     "load",
     "mig",
+    "plot_against_beta",
+    "plot_latent_traversals",
+    "plot_margin_scatter",
+    "plot_reconstructions",
+    "plot_robustness_curve",
+    "plot_training_curves",
+    "report",
     "sap",
     "save",
     "settings",
