@@ -80,7 +80,8 @@ def test_max_damage_finds_top_singular_direction(method):
     delta = torch.as_tensor(tree["constant_data"]["delta"].values)
     v1 = torch.linalg.svd(lg.A).Vh[0]
     cosine = (delta @ v1).abs() / delta.norm(dim=-1)
-    assert bool((cosine > 0.95).all()), cosine
+    # At small eps the damage is flat in the angle (the noise dominates): looser there.
+    assert bool((cosine[:, 0] > 0.9).all()) and bool((cosine[:, 1] > 0.98).all()), cosine
 
 
 def test_linf_attack_uses_the_whole_box_of_the_budget():
