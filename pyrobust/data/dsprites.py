@@ -127,8 +127,8 @@ def _inside(shape: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tens
 def _render_masks() -> torch.Tensor:
     """Render the 720 (shape, scale, orientation) masks into zero-padded canvases, on the CPU.
 
-    Returns a float64 tensor ``(720, _TABLE, _TABLE)`` in {0, 1}; the shape centre sits on the
-    pixel corner ``(_TABLE_CENTRE, _TABLE_CENTRE)``.
+    Returns a uint8 tensor ``(720, _TABLE, _TABLE)`` in {0, 1} (the geometry is evaluated in
+    float64); the shape centre sits on the pixel corner ``(_TABLE_CENTRE, _TABLE_CENTRE)``.
     """
     _, _, scales, angles, _, _ = _factor_grids(torch.float64)
     s = torch.arange(3).view(3, 1, 1, 1, 1)
@@ -143,8 +143,8 @@ def _render_masks() -> torch.Tensor:
     u = (cos * x + sin * y) / radius
     v = (-sin * x + cos * y) / radius
     side = 2 * _HALF
-    patches = _inside(s, u, v).to(torch.float64).reshape(720, side, side)
-    table = torch.zeros(720, _TABLE, _TABLE, dtype=torch.float64)
+    patches = _inside(s, u, v).to(torch.uint8).reshape(720, side, side)
+    table = torch.zeros(720, _TABLE, _TABLE, dtype=torch.uint8)
     lo = _TABLE_CENTRE - _HALF
     table[:, lo : lo + side, lo : lo + side] = patches
     return table
@@ -152,14 +152,16 @@ def _render_masks() -> torch.Tensor:
 
 def _mask_table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """The padded mask table on ``device`` in ``dtype``, rendered once and cached."""
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     key = (str(device), dtype)
     table = _MASK_CACHE.get(key)
     if table is None:
-        cpu = _MASK_CACHE.get(("cpu", torch.float64))
-        if cpu is None:
-            cpu = _render_masks()
-            _MASK_CACHE[("cpu", torch.float64)] = cpu
-        table = cpu.to(device=device, dtype=dtype).contiguous()
+        master = _MASK_CACHE.get(("cpu", torch.uint8))
+        if master is None:
+            master = _render_masks()
+            _MASK_CACHE[("cpu", torch.uint8)] = master
+        table = master.to(device=device, dtype=dtype).contiguous()
         _MASK_CACHE[key] = table
     return table
 

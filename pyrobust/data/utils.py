@@ -16,7 +16,9 @@ import math
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
+
+from pyrobust.data.dsprites import DSpritesDataset
 
 __all__ = ["minibatches", "train_test_split"]
 
@@ -196,12 +198,15 @@ def _iterate(data, n, batch_size, shuffle, gen, drop_last, device) -> Iterator:
     order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
     stop = n - n % batch_size if drop_last else n
     batched_dataset = isinstance(data, Dataset) and _accepts_tensor_index(data)
+    tensors = (data,) if isinstance(data, torch.Tensor) else data
+    if isinstance(data, (torch.Tensor, tuple, list)):  # move the order once, not per batch
+        orders = {t.device: order.to(t.device) for t in tensors}
     for start in range(0, stop, batch_size):
         idx = order[start : start + batch_size]
         if isinstance(data, torch.Tensor):
-            batch = data[idx.to(data.device)]
+            batch = data[orders[data.device][start : start + batch_size]]
         elif isinstance(data, (tuple, list)):
-            batch = tuple(t[idx.to(t.device)] for t in data)
+            batch = tuple(t[orders[t.device][start : start + batch_size]] for t in tensors)
         elif batched_dataset:
             batch = data[idx]
         else:
@@ -210,9 +215,7 @@ def _iterate(data, n, batch_size, shuffle, gen, drop_last, device) -> Iterator:
 
 
 def _accepts_tensor_index(data: Dataset) -> bool:
-    from pyrobust.data.dsprites import DSpritesDataset
-
-    return isinstance(data, (DSpritesDataset, torch.utils.data.TensorDataset))
+    return isinstance(data, (DSpritesDataset, TensorDataset))
 
 
 def _to(batch, device):
