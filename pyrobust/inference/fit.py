@@ -18,6 +18,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -342,7 +343,9 @@ def _epoch_permutation(n: int, seed: int, epoch: int, device) -> torch.Tensor:
 
 def _svi_step(svi: SVI, x, kwargs, where: str, elbo) -> float:
     """SVI.step with a finiteness check between the gradients and the update."""
-    with poutine.trace(param_only=True) as capture:
+    with poutine.trace(param_only=True) as capture, warnings.catch_warnings():
+        # Pyro warns "Encountered NaN"; the check below raises a more precise error instead.
+        warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
         loss = svi.loss_and_grads(svi.model, svi.guide, x, **kwargs)
     params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
     loss = float(loss)
