@@ -1,7 +1,9 @@
 r"""Procedural dSprites: the exact factor grid of [1]_, rendered lazily from factor indices.
 
-The original dSprites data set holds one 64x64 binary image for every combination of six
-ground-truth factors (its ``latents_classes`` / ``latents_values`` columns):
+dSprites is the standard benchmark of disentanglement [2]_: every image has known ground-truth
+factors, so a representation can be scored against them. The original data set holds one
+64x64 binary image for every combination of six ground-truth factors (its
+``latents_classes`` / ``latents_values`` columns):
 
 ==============  ====  =============================================
 factor          size  values (``latents_values``)
@@ -34,8 +36,7 @@ A body point :math:`(u, v)` is mapped to the canvas by a counter-clockwise rotat
 orientation angle (counter-clockwise as displayed, x to the right, y up on screen), the
 scaling :math:`R` and a translation to the centre :math:`(c_x, c_y)`. A pixel is on when its
 centre is inside the shape (point sampling, so a square at orientation 0 is an exact filled
-square of pixels). The centre of the shape is on a
-pixel corner,
+square of pixels). The centre of the shape is on a pixel corner,
 
 .. math::
 
@@ -46,11 +47,11 @@ pixels), so every sprite stays inside the canvas with at least one empty border 
 the original. ``posX`` moves the sprite to the right (column index grows), ``posY`` moves it
 down (row index grows, as in image arrays).
 
-Speed: the :math:`3 \cdot 6 \cdot 40 = 720` (shape, scale, orientation) masks are rendered once
-per device and dtype (on the CPU in float64, so every device gets bit-identical images) into
-zero-padded canvases; an image is then a 64x64 window of its mask at an integer offset, read
-for a whole batch by one advanced-indexing gather over a strided view of all windows. No
-Python loop runs per image.
+Speed: the :math:`3 \cdot 6 \cdot 40 = 720` (shape, scale, orientation) masks are evaluated once,
+on the CPU in float64, into zero-padded canvases and copied once per device and dtype (so every
+device gets bit-identical images); an image is then a 64x64 window of its mask at an integer
+offset, read for a whole batch by one advanced-indexing gather over a strided view of all
+windows. No Python loop runs per image.
 
 References
 ----------
@@ -116,7 +117,7 @@ def _centre_pixels() -> torch.Tensor:
 
 
 def _inside(shape: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Membership of body-frame points (unit disc) in each shape; broadcasts ``shape`` over points."""
+    """Membership of body-frame points (unit disc) in each shape (``shape`` broadcasts)."""
     square = torch.maximum(u.abs(), v.abs()) <= 1.0 / math.sqrt(2.0)
     ellipse = u.square() + (2.0 * v).square() <= 1.0
     a, b = 1.25 * u, 1.25 * v + 0.25
@@ -194,7 +195,8 @@ def _check_factors(factors, arg: str = "factors") -> torch.Tensor:
         col = int(bad.reshape(-1, 6).any(0).nonzero()[0])
         got = factors.reshape(-1, 6)[:, col]
         raise ValueError(
-            f"`{arg}` column {col} ({_FACTOR_NAMES[col]!r}) must lie in 0..{_FACTOR_SIZES[col] - 1}; "
+            f"`{arg}` column {col} ({_FACTOR_NAMES[col]!r}) must lie in "
+            f"0..{_FACTOR_SIZES[col] - 1}; "
             f"got values in {int(got.min())}..{int(got.max())}. Factor sizes are {_FACTOR_SIZES}."
         )
     return factors
@@ -227,7 +229,7 @@ def _check_dtype(dtype) -> torch.dtype:
 
 
 class DSprites:
-    r"""The dSprites ground truth [1]_: factor grid, index maps and lazy vectorised rendering.
+    r"""The dSprites ground truth: factor grid, index maps and lazy vectorised rendering.
 
     Nothing is stored but the 720 masks (rendered on first use, about 7 M numbers per device
     and dtype); every image is computed on demand from its factor indices, deterministically.
@@ -243,6 +245,8 @@ class DSprites:
         6.
     shape_names : tuple of str
         ``("square", "ellipse", "heart")`` for shape levels 0, 1, 2 (values 1, 2, 3).
+    image_shape : tuple of int
+        ``(1, 64, 64)``.
 
     Examples
     --------
@@ -252,9 +256,11 @@ class DSprites:
     >>> f = ds.sample_factors(4, seed=0)
     >>> ds.images(f).shape
     torch.Size([4, 1, 64, 64])
-    >>> bool((ds.factors_to_index(f) == ds.factors_to_index(ds.index_to_factors(
-    ...     ds.factors_to_index(f)))).all())
+    >>> i = ds.factors_to_index(f)
+    >>> torch.equal(ds.index_to_factors(i), f)
     True
+    >>> ds.factor_values(torch.tensor([0, 2, 5, 0, 31, 0])).tolist()
+    [1.0, 3.0, 1.0, 0.0, 1.0, 0.0]
     """
 
     factor_names: tuple[str, ...] = _FACTOR_NAMES
@@ -296,7 +302,7 @@ class DSprites:
         return _factor_grids(_check_dtype(dtype))[factor]
 
     def factor_values(self, factors, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        """Map factor indices to physical values (the original's ``latents_classes -> latents_values``).
+        """Map factor indices to physical values (``latents_classes`` to ``latents_values``).
 
         Parameters
         ----------
@@ -319,6 +325,9 @@ class DSprites:
 
     def index_to_factors(self, index) -> torch.Tensor:
         r"""Factor indices of flat image indices: :math:`f_k = \lfloor i / s_k \rfloor \bmod n_k`.
+
+        :math:`n_k` are the factor sizes and :math:`s_k = \prod_{l > k} n_l` the row-major strides
+        ``(737280, 245760, 40960, 1024, 32, 1)``, the order of the original file.
 
         Parameters
         ----------
