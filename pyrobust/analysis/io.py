@@ -149,7 +149,7 @@ def save(
     """Save a result tree to netCDF or zarr, atomically.
 
     The format follows the extension (``.nc``/``.nc4``/``.h5`` netCDF written with ``h5netcdf``;
-    ``.zarr`` a zarr store) unless ``format`` is given. The root attrs ``pyrobust_version`` and
+    ``.zarr`` a zarr store in Zarr format 2) unless ``format`` is given. The root attrs ``pyrobust_version`` and
     ``pyrobust_kind`` are added to the written copy (``tree`` itself is not modified), and
     :func:`load` checks them.
 
@@ -202,8 +202,9 @@ def save(
         if fmt == "netcdf":
             out.to_netcdf(target_tmp, engine="h5netcdf")
         else:
-            # zarr v3 warns that consolidated metadata is not in its spec: write without it.
-            out.to_zarr(target_tmp, mode="w", consolidated=False)
+            # Zarr format 2: format 3 has no specification yet for fixed-length strings
+            # (decision labels) nor for consolidated metadata, and warns on both.
+            out.to_zarr(target_tmp, mode="w", zarr_format=2, consolidated=True)
         _replace(target_tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -264,7 +265,7 @@ def load(path: str | os.PathLike, *, format: str | None = None) -> xr.DataTree:
             with xr.open_datatree(path, engine="h5netcdf") as opened:
                 tree = opened.load()
         else:
-            with xr.open_datatree(path, engine="zarr", consolidated=False) as opened:
+            with xr.open_datatree(path, engine="zarr") as opened:
                 tree = opened.load()
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(

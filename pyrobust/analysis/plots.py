@@ -260,7 +260,14 @@ def plot_margin_scatter(
 
 def plot_against_beta(
     tree: xr.DataTree | str | os.PathLike,
-    variables: Sequence[str] = ("min_scale", "jacobian_norm", "bound", "margin"),
+    variables: Sequence[str] = (
+        "min_scale",
+        "jacobian_norm",
+        "bound",
+        "margin",
+        "empirical_margin",
+        "certified_margin",
+    ),
     *,
     dim: str = "beta",
     path: str | os.PathLike | None = None,

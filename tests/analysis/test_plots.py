@@ -98,7 +98,8 @@ def test_against_beta(tmp_path):
     tree = combine([margin_tree(seed=i, beta=b) for i, b in enumerate(betas)], dim="beta")
     fig = plot_against_beta(tree, path=tmp_path / "beta.svg")
     _written(tmp_path / "beta.svg")
-    assert [a.get_title() for a in fig.axes] == ["min_scale", "jacobian_norm", "bound"]
+    titles = [a.get_title() for a in fig.axes]
+    assert titles == ["min_scale", "jacobian_norm", "bound", "empirical_margin"]
     mean = fig.axes[1].get_lines()[0].get_ydata()
     np.testing.assert_allclose(mean, tree["robustness"]["jacobian_norm"].mean("obs_id").values)
     assert fig.axes[0].get_xscale() == "log"
