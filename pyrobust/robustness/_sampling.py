@@ -208,7 +208,8 @@ def sample_distances(
     kw = {"generator": generator, "device": x.device, "dtype": loc_all.dtype}
     eta = torch.randn(num_samples, 2 if sample_ref else 1, n, d_z, **kw)
     codes_per_sample = n * (n_pert + (1 if sample_ref else 0))
-    chunk = max(1, int(max_batch) // codes_per_sample)
+    chunk = min(num_samples, max(1, int(max_batch) // codes_per_sample))
+    size = math.prod(event)
 
     with pyro.validation_enabled(False):
         if sample_ref:
@@ -218,7 +219,12 @@ def sample_distances(
             ref = model_mean(
                 model, x, loc0.unsqueeze(0), latent_site=latent_site, obs_site=obs_site
             )
-            ref = ref.reshape(1, 1, n, -1)
+            ref = ref.reshape(1, 1, n, size)
+        # The inputs repeated for a full chunk, built once: the model sees every code's own
+        # input row in its data plate (what model_mean does per call, without a copy per chunk).
+        x_rep = x_dec.expand(chunk, *x_dec.shape).reshape(chunk * x_dec.shape[0], *event)
+        # Without autograd, differences go to one reused buffer (no allocation per chunk).
+        reuse, buf = not torch.is_grad_enabled(), None
         out = []
         for start in range(0, num_samples, chunk):
             e = eta[start : start + chunk]
@@ -227,10 +233,23 @@ def sample_distances(
             z = z.reshape(s, n_pert * n, d_z)
             if sample_ref:
                 z = torch.cat([z, loc0 + e[:, 1] * scale0], dim=1)
-            g = model_mean(model, x_dec, z, latent_site=latent_site, obs_site=obs_site)
-            g = g.reshape(s, -1, n, math.prod(event))
+            rows = s * z.shape[1]
+            g = model_mean(
+                model,
+                x_rep[:rows],
+                z.reshape(rows, d_z),
+                latent_site=latent_site,
+                obs_site=obs_site,
+            )
+            g = g.reshape(s, -1, n, size)
             if sample_ref:
                 g, ref = g[:, :n_pert], g[:, n_pert:]
-            out.append(torch.linalg.vector_norm(g - ref, dim=-1))  # (s, n_pert, n)
+            if reuse:
+                if buf is None:
+                    buf = g.new_empty(chunk, n_pert, n, size)
+                diff = torch.sub(g, ref, out=buf[:s])
+            else:
+                diff = g - ref
+            out.append(torch.linalg.vector_norm(diff, dim=-1))  # (s, n_pert, n)
     dist = torch.cat(out) if len(out) > 1 else out[0]
     return dist.reshape(num_samples, *pert_shape, n).movedim(-1, 1)
