@@ -35,7 +35,7 @@ _NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".h5", ".hdf5")
 _ZARR_SUFFIXES = (".zarr",)
 
 # Summary groups that name a result kind, in order of precedence.
-_KIND_GROUPS = ("metrics", "robustness", "attack", "certificate", "sample_stats")
+_KIND_GROUPS = ("metrics", "robustness", "history", "sample_stats")
 
 
 def _version() -> str:
@@ -80,8 +80,8 @@ def result_kind(tree: xr.DataTree) -> str:
     """Return the kind of a result tree.
 
     The kind is the root attribute ``pyrobust_kind`` when present, else inferred from the groups
-    (``"metrics"``, ``"robustness"``, ``"attack"``, ``"certificate"`` or ``"training"`` when
-    there is a ``sample_stats`` group), else ``"result"``.
+    (``"metrics"``, ``"robustness"``, or ``"training"`` when there is a ``history`` or
+    ``sample_stats`` group), else ``"result"``.
     """
     _check_tree(tree)
     kind = tree.attrs.get(KIND_ATTR)
@@ -89,7 +89,7 @@ def result_kind(tree: xr.DataTree) -> str:
         return kind
     for group in _KIND_GROUPS:
         if group in tree.children:
-            return "training" if group == "sample_stats" else group
+            return "training" if group in ("history", "sample_stats") else group
     return "result"
 
 

@@ -41,6 +41,8 @@ __all__ = [
 ]
 
 _SAVE_FORMATS = (".png", ".svg", ".pdf")
+#: Groups holding a training log: ``fit``'s ``history``, or an ArviZ ``sample_stats``.
+_TRAINING_GROUPS = ("history", "sample_stats")
 
 
 def _figure(ax=None, ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.0, 3.6)):
@@ -504,7 +506,7 @@ def plot_training_curves(
     history: xr.DataTree | str | os.PathLike,
     variables: Sequence[str] | None = None,
     *,
-    group: str = "sample_stats",
+    group: str | None = None,
     path: str | os.PathLike | None = None,
 ):
     """Training curves: each variable of the training log against its step dim.
@@ -512,12 +514,13 @@ def plot_training_curves(
     Parameters
     ----------
     history : xarray.DataTree or path
-        The result of ``pyrobust.inference.fit``: a ``sample_stats`` group whose variables run
-        over one step dim (``draw`` with ``chain`` of length 1, ``epoch`` or ``step``); other
-        dims are averaged.
+        The result of ``pyrobust.inference.fit``: a ``history`` group whose variables run over
+        ``step`` or ``epoch`` (or an ArviZ ``sample_stats`` group over ``draw`` with ``chain``
+        of length 1); other dims are averaged.
     variables : sequence of str, optional
         Variables to draw (default: every numeric variable of the group).
-    group : str, default "sample_stats"
+    group : str, optional
+        Default: ``"history"`` if present, else ``"sample_stats"``.
     path : str or path-like, optional
 
     Returns
@@ -525,6 +528,8 @@ def plot_training_curves(
     matplotlib.figure.Figure
     """
     tree = as_tree(history, "history")
+    if group is None:
+        group = next((g for g in _TRAINING_GROUPS if g in tree.children), _TRAINING_GROUPS[0])
     ds = require_group(tree, group, variables or (), caller="plot_training_curves")
     names = (
         list(variables)

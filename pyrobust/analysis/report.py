@@ -111,7 +111,7 @@ def _plots_for(tree: xr.DataTree) -> list[tuple[str, Any]]:
         found.append(("margin bound vs empirical margin", lambda: plots.plot_margin_scatter(tree)))
     if any("beta" in node.dims for node in tree.subtree):
         found.append(("against beta", lambda: plots.plot_against_beta(tree)))
-    if "sample_stats" in tree.children:
+    if "history" in tree.children or "sample_stats" in tree.children:
         found.append(("training curves", lambda: plots.plot_training_curves(tree)))
     return found
 

@@ -72,3 +72,21 @@ def training_tree(seed=0, steps=30):
         {"sample_stats": {"loss": loss[None], "kl": (loss / 3)[None]}},
         attrs={"epochs": steps, "lr": 1e-3, "objective": "BetaTCELBO"},
     )
+
+
+def history_tree(steps=40, epochs=4):
+    """A training history laid out as ``pyrobust.inference.fit`` returns it."""
+    rng = np.random.default_rng(0)
+    loss = 100 * np.exp(-np.arange(steps) / 10) + rng.random(steps)
+    return make_tree(
+        summary={
+            "history": {
+                "loss": (("step",), loss),
+                "lr": (("step",), np.full(steps, 1e-3)),
+                "epoch_loss": (("epoch",), loss.reshape(epochs, -1).mean(1)),
+            }
+        },
+        coords={"step": np.arange(steps), "epoch": np.arange(1, epochs + 1)},
+        attrs={"epochs": epochs, "lr": 1e-3},
+        name="fit",
+    )

@@ -18,7 +18,7 @@ from pyrobust.analysis import (
     plot_training_curves,
     save,
 )
-from tests.analysis._fixtures import margin_tree, robustness_tree, training_tree
+from tests.analysis._fixtures import history_tree, margin_tree, robustness_tree, training_tree
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -137,10 +137,20 @@ def test_training_curves(tmp_path):
     )
 
 
+def test_training_curves_of_fit_history(tmp_path):
+    tree = history_tree()
+    fig = plot_training_curves(tree, path=tmp_path / "fit.svg")
+    _written(tmp_path / "fit.svg")
+    axes = {a.get_title(): a for a in fig.axes if a.get_visible()}
+    assert set(axes) == {"loss", "lr", "epoch_loss"}
+    assert axes["epoch_loss"].get_xlabel() == "epoch"
+    np.testing.assert_allclose(axes["epoch_loss"].get_lines()[0].get_xdata(), [1, 2, 3, 4])
+
+
 def test_missing_group_or_variable_raises_clearly(tmp_path):
     with pytest.raises(ValueError, match="no 'robustness' group"):
         plot_robustness_curve(training_tree())
-    with pytest.raises(ValueError, match="no 'sample_stats' group"):
+    with pytest.raises(ValueError, match="no 'history' group"):
         plot_training_curves(margin_tree())
     with pytest.raises(ValueError, match="none of"):
         plot_margin_scatter(robustness_tree())
