@@ -107,3 +107,20 @@ def test_metrics_on_dsprites():
     f = data.sample_factors(300, seed=0)
     res = mig(rep(data.images(f)), f, num_bootstrap=0, factor_names=data.factor_names)
     assert res["details"]["mutual_information"].shape == (4, data.num_factors)
+
+
+def test_fit_history_round_trip_curves_and_summary(tmp_path):
+    from pyrobust.analysis import plot_training_curves
+    from pyrobust.inference import fit
+    from tests.inference._models import MLPPair, binary_data
+
+    tree = fit(MLPPair(), binary_data(32), epochs=2, batch_size=16, lr=1e-2)
+    back = load(save(tree, tmp_path / "fit.nc"))
+    xr.testing.assert_identical(tree["history"].to_dataset(), back["history"].to_dataset())
+    fig = plot_training_curves(back)
+    assert "loss" in [a.get_title() for a in fig.axes]
+    # the history runs over `step`, not (chain, draw): name the sample dim for arviz_stats
+    s = arviz_stats.summary(
+        back, group="history", sample_dims=["step"], var_names=["loss"], kind="stats"
+    )
+    assert s.loc["loss", "mean"] == pytest.approx(float(back["history"]["loss"].mean()), rel=1e-2)
