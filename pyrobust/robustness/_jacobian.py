@@ -5,7 +5,8 @@ single vmapped backward pass (``torch.autograd.grad(..., is_grads_batched=True)`
 cotangents :math:`e_j` broadcast over inputs: the row :math:`j` of every input's Jacobian comes
 out at once, because the encoder maps each input independently. No Python loop over inputs or
 latent dims; the guide sees the same batch it would in training, so a guide written for a single
-batch dim works unchanged.
+batch dim works unchanged. (Only if an operation's backward cannot be vmapped does it fall back to
+``d_z`` backward passes, each still over all inputs.)
 
 Assumes the encoder treats inputs independently (true for MLP/conv encoders, and for batch norm
 in eval mode; not for batch norm in training mode, whose statistics couple the batch).
@@ -40,14 +41,32 @@ def _chunk_jacobian(guide, x, latent_site):
         )
     n, d_z = loc.shape
     cotangents = torch.eye(d_z, dtype=loc.dtype, device=loc.device).unsqueeze(1).expand(d_z, n, d_z)
-    (jac,) = torch.autograd.grad(
-        loc,
-        xg,
-        grad_outputs=cotangents,
-        is_grads_batched=True,
-        allow_unused=True,
-        materialize_grads=True,
-    )
+    try:
+        (jac,) = torch.autograd.grad(
+            loc,
+            xg,
+            grad_outputs=cotangents,
+            is_grads_batched=True,
+            retain_graph=True,
+            allow_unused=True,
+            materialize_grads=True,
+        )
+    except RuntimeError:
+        # Some backward formulas cannot run under vmap (e.g. custom autograd Functions without
+        # a vmap rule). Fall back to d_z backward passes, each still batched over all inputs.
+        jac = torch.stack(
+            [
+                torch.autograd.grad(
+                    loc,
+                    xg,
+                    grad_outputs=cotangents[j],
+                    retain_graph=True,
+                    allow_unused=True,
+                    materialize_grads=True,
+                )[0]
+                for j in range(d_z)
+            ]
+        )
     return loc.detach(), scale.detach(), jac.movedim(0, 1)  # (n, d_z, *event)
 
 

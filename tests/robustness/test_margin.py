@@ -162,6 +162,36 @@ def test_batched_jacobian_matches_autograd_for_conv_encoder():
     assert tree["constant_data"]["x"].dims == ("obs_id", "channel", "row", "col")
 
 
+class _NumpyTanh(torch.autograd.Function):
+    """tanh whose backward leaves torch (through NumPy), so it cannot run under vmap."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return torch.from_numpy(grad.numpy() * (1 - y.numpy() ** 2))
+
+
+def test_jacobian_falls_back_when_backward_cannot_be_vmapped():
+    w = torch.randn(3, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(_NumpyTanh.apply(x @ w.T), 1.0).to_event(1))
+
+    x = torch.randn(4, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    _, _, jac = encoder_jacobian(guide, x)
+    expected = torch.stack(
+        [torch.autograd.functional.jacobian(lambda v: torch.tanh(v @ w.T), xi) for xi in x]
+    )
+    torch.testing.assert_close(jac, expected)
+
+
 def test_netcdf_round_trip(lg, tmp_path):
     tree = margin_bound(
         lg.model, lg.guide, _inputs(lg), r=[0.3, 0.6], num_samples=200, confidence=0.9, seed=5

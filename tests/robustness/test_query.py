@@ -298,3 +298,20 @@ def test_bad_x(x, error, match):
 
     with pytest.raises(error, match=match):
         r_robustness(model, model, x, r=1.0)
+
+
+@pytest.mark.gpu
+def test_computes_on_the_device_of_x():
+    cpu = LinearGaussianVAE()
+    gpu = LinearGaussianVAE()
+    gpu.A, gpu.W = gpu.A.cuda(), gpu.W.cuda()
+    x = _inputs(cpu).cuda()
+    delta = 0.05 * torch.ones_like(x)
+    d = sample_distances(
+        gpu.model, gpu.guide, x, delta, num_samples=10, generator=make_generator(0, "cuda")
+    )
+    assert d.device == x.device
+    tree = r_robustness(gpu.model, gpu.guide, x, r=0.6, delta=delta, num_samples=20000, seed=0)
+    exact = cpu.p_robust(0.6, delta.cpu())
+    p = tree["robustness"]["probability"].values
+    assert np.all(np.abs(p - exact) <= 4.5 * np.sqrt(exact * (1 - exact) / 20000))
