@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
@@ -217,10 +215,13 @@ def load_model(path: str | os.PathLike, map_location=None) -> VAE:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except PermissionError:
         raise
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
+    except Exception as err:  # torch.load fails on damaged bytes with many exception types
+        if isinstance(err, (MemoryError, RecursionError)):
+            raise
         raise ValueError(
-            f"{str(path)!r} is not a readable pyrobust model file (corrupted, truncated, or "
-            f"holding objects other than tensors, which weights_only loading refuses): {err}"
+            f"{str(path)!r} is not a readable pyrobust model file: it is corrupted or "
+            "truncated, holds objects other than tensors (refused by weights_only loading), or "
+            f"was saved on a device this machine lacks (pass map_location='cpu'). {err}"
         ) from err
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise ValueError(

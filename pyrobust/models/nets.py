@@ -35,6 +35,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from pyro.util import ignore_jit_warnings
 from torch import nn
 
 __all__ = [
@@ -96,6 +97,7 @@ def _min_scale(value) -> float:
     return float(value)
 
 
+@ignore_jit_warnings()
 def _split_batch(x, event_shape: tuple[int, ...], arg: str, owner: str) -> torch.Size:
     """Leading batch shape of ``x``, after checking that it ends in ``event_shape``."""
     if not isinstance(x, torch.Tensor):

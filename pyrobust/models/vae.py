@@ -30,6 +30,8 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule, pyro_method
+from pyro.params import param_with_module_name
+from pyro.util import ignore_jit_warnings
 from torch import nn
 
 from pyrobust.models.likelihoods import Likelihood, make_likelihood
@@ -63,10 +65,14 @@ class VAE(PyroModule):
 
     Notes
     -----
-    As with every Pyro module, SVI trains the parameters through Pyro's global param store
-    (names ``"encoder$$$..."``, ``"decoder$$$..."``, ``"likelihood$$$..."``). Call
-    ``pyro.clear_param_store()`` before training a second model in the same process, or
-    enable ``pyro.settings.set(module_local_params=True)``.
+    SVI trains the parameters through Pyro's param store, under the names
+    ``"encoder$$$..."``, ``"decoder$$$..."`` and ``"likelihood$$$..."``. The module is the
+    source of truth for its own tensors: each call of ``model`` or ``guide`` binds those
+    names to *this* VAE's parameters, replacing entries another model left behind. So several
+    VAEs can be built, trained and queried in one process without
+    ``pyro.clear_param_store()`` (a plain ``pyro.module`` would silently keep the first
+    model's tensors, and SVI would then train those instead). With
+    ``pyro.settings.set(module_local_params=True)`` the global store is not used at all.
 
     Examples
     --------
@@ -138,6 +144,7 @@ class VAE(PyroModule):
         return self._latent_dim
 
     # --- the Pyro pair ---------------------------------------------------------------------
+    @ignore_jit_warnings()
     def _plate_size(self, x, size) -> int:
         if not isinstance(x, torch.Tensor) or x.dim() < 1:
             raise TypeError(
@@ -153,6 +160,18 @@ class VAE(PyroModule):
             )
         return size
 
+    def _bind_param_store(self) -> None:
+        """Point the param-store names of this VAE's parameters at its own tensors."""
+        if pyro.settings.get("module_local_params"):
+            return
+        store = pyro.get_param_store()
+        for child, module in self._modules.items():
+            prefix = self._pyro_get_fullname(child)
+            for name, param in module.named_parameters():
+                full = param_with_module_name(prefix, name)
+                if full in store and store[full] is not param:
+                    del store[full]
+
     @pyro_method
     def model(self, x: torch.Tensor, size: int | None = None) -> None:
         r"""The generative model :math:`p(z)\,p(x \mid z)` observed at ``x``.
@@ -166,12 +185,17 @@ class VAE(PyroModule):
             :math:`N / \text{batch}`.
         """
         size = self._plate_size(x, size)
+        self._bind_param_store()
         event_dim = x.dim() - 1
         with pyro.plate("data", size, subsample=x):
             loc = x.new_zeros(x.shape[0], self.latent_dim)
             z = pyro.sample(self.latent_site, dist.Normal(loc, 1.0).to_event(1))
             params = self.decoder(z)
             pyro.sample(self.obs_site, self.likelihood(params, event_dim), obs=x)
+
+    @ignore_jit_warnings()
+    def _latent_shape_ok(self, loc, scale) -> bool:
+        return loc.shape[-1] == self.latent_dim and loc.shape == scale.shape
 
     @pyro_method
     def guide(self, x: torch.Tensor, size: int | None = None) -> None:
@@ -185,9 +209,10 @@ class VAE(PyroModule):
             The dataset size :math:`N` (default ``len(x)``).
         """
         size = self._plate_size(x, size)
+        self._bind_param_store()
         with pyro.plate("data", size, subsample=x):
             loc, scale = self.encoder(x)
-            if loc.shape[-1] != self.latent_dim or loc.shape != scale.shape:
+            if not self._latent_shape_ok(loc, scale):
                 raise ValueError(
                     f"The encoder returned loc {tuple(loc.shape)} and scale "
                     f"{tuple(scale.shape)}; both must have shape (batch, "

@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -119,9 +120,11 @@ def test_missing_and_corrupted_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         save_model(VAE(MLPEncoder(4, 2), MLPDecoder(2, 4)), tmp_path / "no" / "dir.pt")
     garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(os.urandom(512))
-    with pytest.raises(ValueError, match="not a readable pyrobust model file"):
-        load_model(garbage)
+    rng = np.random.default_rng(0)
+    for size in (0, 7, 512, 4096):
+        garbage.write_bytes(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+        with pytest.raises(ValueError, match="not a readable pyrobust model file"):
+            load_model(garbage)
     good = save_model(VAE(MLPEncoder(4, 2), MLPDecoder(2, 4)), tmp_path / "good.pt")
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])

@@ -192,6 +192,24 @@ def test_learned_likelihood_scale_is_trained_by_svi():
     assert vae.likelihood.scale.item() < 0.5  # the data are far tighter than scale 1
 
 
+def test_several_vaes_in_one_process_each_train_their_own_parameters():
+    x = torch.rand(16, 6)
+    first, second = small_vae(), small_vae()  # same parameter names in Pyro's store
+    snapshot = {k: v.clone() for k, v in first.state_dict().items()}
+    elbo = TraceMeanField_ELBO()
+    svi = SVI(second.model, second.guide, pyro.optim.Adam({"lr": 0.05}), elbo)
+    guide_loc_scale(first.guide, x)  # first registers its tensors in the store
+    before = second.decoder.head.weight.clone()
+    for _ in range(5):
+        svi.step(x)
+    assert not torch.equal(second.decoder.head.weight, before)  # SVI trained `second` ...
+    assert all(torch.equal(v, first.state_dict()[k]) for k, v in snapshot.items())  # ... only
+    assert pyro.param("decoder$$$head.weight") is second.decoder.head.weight
+    loc, _ = guide_loc_scale(first.guide, x)  # and `first` still answers with its own weights
+    torch.testing.assert_close(loc, first.encode(x)[0])
+    assert pyro.param("encoder$$$head.weight") is first.encoder.head.weight
+
+
 # --- sampling --------------------------------------------------------------------------------
 def test_sample_is_seeded():
     vae = small_vae()
