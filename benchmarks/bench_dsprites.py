@@ -3,8 +3,10 @@
 Side by side in one run, on one device:
 
 1. ``DSprites.images`` -- the gather of 64x64 windows out of the 720 cached (shape, scale,
-   orientation) masks -- for batch sizes 256, 1024 and 4096 of random factors. Target on a
-   2-core CPU: >= 50,000 images/s.
+   orientation) masks -- for batch sizes 256, 1024 and 4096 of random factors, allocating the
+   result, and writing into a reused buffer (``out=``): on a CPU the difference is the cost of
+   fresh memory (large blocks are mmapped and page-faulted on every call). Target on a 2-core
+   CPU: >= 50,000 images/s.
 2. ``DSprites.images_from_index`` (index -> factors -> images) and a full epoch-style pass of
    :func:`pyrobust.data.minibatches` over a :class:`pyrobust.data.DSpritesDataset` (shuffle,
    index, render).
@@ -72,54 +74,39 @@ def main(quick: bool = False, device: str = "cpu", threads: int | None = None) -
     ds = DSprites()
     rows: list[dict] = []
 
+    def row(what: str, batch, seconds: float, images: int | None) -> None:
+        ips = float("nan") if images is None else images / seconds
+        rows.append({"what": what, "batch": batch, "seconds": seconds, "images/s": ips})
+
     _dsprites._MASK_CACHE.clear()
     start = time.perf_counter()
     ds.images(torch.zeros(1, 6, dtype=torch.long, device=dev))
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-    rows.append(
-        {
-            "what": "render the 720 masks (once per device)",
-            "batch": "-",
-            "seconds": time.perf_counter() - start,
-            "images/s": float("nan"),
-        }
-    )
+    row("render the 720 masks (once per device)", "-", time.perf_counter() - start, None)
 
     for batch in (256, 1024, 4096):
         f = ds.sample_factors(batch, seed=0, device=dev)
-        t = _best(lambda f=f: ds.images(f), repeats, dev)
-        rows.append(
-            {
-                "what": "DSprites.images (mask gather)",
-                "batch": batch,
-                "seconds": t,
-                "images/s": batch / t,
-            }
-        )
+        row("DSprites.images", batch, _best(lambda f=f: ds.images(f), repeats, dev), batch)
+        buffer = torch.empty(batch, 1, 64, 64, device=dev)
+        t = _best(lambda f=f, b=buffer: ds.images(f, out=b), repeats, dev)
+        row("DSprites.images into a reused buffer (out=)", batch, t, batch)
 
     batch = 1024 if quick else 4096
     index = torch.randint(0, len(ds), (batch,), generator=torch.Generator().manual_seed(0))
     index = index.to(dev)
-    t = _best(lambda: ds.images_from_index(index), repeats, dev)
-    rows.append(
-        {"what": "DSprites.images_from_index", "batch": batch, "seconds": t, "images/s": batch / t}
+    row(
+        "DSprites.images_from_index",
+        batch,
+        _best(lambda: ds.images_from_index(index), repeats, dev),
+        batch,
     )
 
     f = ds.sample_factors(batch, seed=0, device=dev)
-    reference = ds.images(f)
-    direct = _direct_render(f)
-    if not torch.equal(direct, reference):
+    if not torch.equal(_direct_render(f), ds.images(f)):
         raise RuntimeError("the direct renderer disagrees with the mask gather")
     t = _best(lambda: _direct_render(f), max(1, repeats // 3), dev)
-    rows.append(
-        {
-            "what": "direct per-pixel rendering (no masks)",
-            "batch": batch,
-            "seconds": t,
-            "images/s": batch / t,
-        }
-    )
+    row("direct per-pixel rendering (no masks)", batch, t, batch)
 
     n = 16_384 if quick else 65_536
     data = DSpritesDataset(torch.arange(n) * (len(ds) // n), device=dev)
@@ -129,14 +116,7 @@ def main(quick: bool = False, device: str = "cpu", threads: int | None = None) -
             pass
 
     t = _best(epoch, max(1, repeats // 3), dev)
-    rows.append(
-        {
-            "what": f"minibatches over DSpritesDataset ({n} images)",
-            "batch": 1024,
-            "seconds": t,
-            "images/s": n / t,
-        }
-    )
+    row(f"minibatches over a DSpritesDataset of {n} images", 1024, t, n)
 
     print(f"dSprites rendering on {dev} ({torch.get_num_threads()} threads), best of {repeats}\n")
     print("| what | batch | seconds | images/s |")
