@@ -3,8 +3,9 @@
 Two helpers every training and evaluation loop needs, and nothing more:
 
 * :func:`train_test_split` -- a seeded random split of ``n`` items (or of a tensor's rows);
-* :func:`minibatches` -- an iterator of minibatches (seeded shuffle) of tensors or of a
-  :class:`~pyrobust.data.DSpritesDataset`, moved to a device batch by batch.
+* :func:`minibatches` -- an iterable of minibatches (seeded shuffle; ``len`` is the number of
+  batches per epoch) of tensors or a :class:`~pyrobust.data.DSpritesDataset`, moved to a device
+  batch by batch.
 
 Random permutations are drawn on the CPU from a local :class:`torch.Generator`, so the same
 seed gives the same split and the same batch order on every device.
@@ -147,12 +148,13 @@ def minibatches(
     seed: int | torch.Generator | None = None,
     drop_last: bool = False,
     device=None,
-) -> Iterator:
-    """Iterate over minibatches of ``data`` as tensors on ``device``.
+) -> _Minibatches:
+    """Minibatches of ``data`` as tensors on ``device``: an iterable with a length.
 
-    One pass (one epoch). With ``shuffle`` the order is a random permutation drawn on the CPU
-    from ``seed``: an int gives the same order every call; a ``torch.Generator`` advances, so
-    successive epochs differ and its state can be checkpointed for an exact resume.
+    Each iteration is one pass (one epoch). With ``shuffle`` the order is a random permutation
+    drawn on the CPU from ``seed``: an int gives the same order every pass; a CPU
+    ``torch.Generator`` advances, so successive passes differ, and its state
+    (``get_state``/``set_state``) can be checkpointed for an exact resume.
 
     Parameters
     ----------
@@ -173,25 +175,52 @@ def minibatches(
     device : torch.device or str, optional
         Where batches go (``non_blocking`` copies). Default: leave them where they are.
 
-    Yields
-    ------
-    torch.Tensor or tuple of torch.Tensor
-        One minibatch.
+    Returns
+    -------
+    iterable
+        Iterating yields minibatches (a tensor, or a tuple of tensors); ``len()`` is the number
+        of minibatches per pass.
 
     Examples
     --------
     >>> x = torch.arange(10.0).view(10, 1)
-    >>> [b.shape[0] for b in minibatches(x, 4, seed=0)]
-    [4, 4, 2]
+    >>> batches = minibatches(x, 4, seed=0)
+    >>> len(batches), [b.shape[0] for b in batches]
+    (3, [4, 4, 2])
     >>> sorted(torch.cat(list(minibatches(x, 4, seed=0))).view(-1).tolist()) == x.view(-1).tolist()
     True
     """
     n = _length(data)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int; got {batch_size!r}.")
-    gen = _generator(seed)
+    _generator(seed)  # validate now, not at the first iteration
     device = torch.device(device) if device is not None else None
-    return _iterate(data, n, batch_size, bool(shuffle), gen, bool(drop_last), device)
+    return _Minibatches(data, n, batch_size, bool(shuffle), seed, bool(drop_last), device)
+
+
+class _Minibatches:
+    """The iterable returned by :func:`minibatches` (one epoch per iteration)."""
+
+    def __init__(self, data, n, batch_size, shuffle, seed, drop_last, device):
+        self.data, self.n, self.batch_size = data, n, batch_size
+        self.shuffle, self.seed, self.drop_last, self.device = shuffle, seed, drop_last, device
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.n // self.batch_size
+        return -(-self.n // self.batch_size)
+
+    def __iter__(self) -> Iterator:
+        gen = _generator(self.seed)  # an int seed restarts; a Generator advances
+        return _iterate(
+            self.data, self.n, self.batch_size, self.shuffle, gen, self.drop_last, self.device
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"minibatches(n={self.n}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
+            f"drop_last={self.drop_last}, device={self.device})"
+        )
 
 
 def _iterate(data, n, batch_size, shuffle, gen, drop_last, device) -> Iterator:
@@ -222,7 +251,8 @@ def _to(batch, device):
     if device is None:
         return batch
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
+        # non_blocking only host -> GPU: a GPU -> host copy must finish before it is read
+        return batch.to(device, non_blocking=device.type == "cuda")
     if isinstance(batch, tuple):
         return tuple(_to(b, device) for b in batch)
     if isinstance(batch, list):

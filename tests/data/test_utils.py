@@ -66,6 +66,8 @@ def test_minibatches_cover_every_item_once_in_a_seeded_order():
     ordered = torch.cat(list(minibatches(x, 10, shuffle=False))).view(-1)
     torch.testing.assert_close(ordered, x.view(-1))
     assert [len(b) for b in minibatches(x, 10, seed=0, drop_last=True)] == [10] * 10
+    assert len(minibatches(x, 10)) == 11 and len(minibatches(x, 10, drop_last=True)) == 10
+    assert len(minibatches(x[:100], 10)) == 10 and len(minibatches(x[:0], 10)) == 0
 
 
 def test_minibatches_with_a_generator_advance_per_epoch():
@@ -74,6 +76,13 @@ def test_minibatches_with_a_generator_advance_per_epoch():
     first = torch.cat(list(minibatches(x, 16, seed=gen)))
     second = torch.cat(list(minibatches(x, 16, seed=gen)))
     assert not torch.equal(first, second)
+    # one iterable, several epochs: an int seed repeats its order, a Generator moves on
+    fixed = minibatches(x, 16, seed=0)
+    assert torch.equal(torch.cat(list(fixed)), torch.cat(list(fixed)))
+    moving = minibatches(x, 16, seed=torch.Generator().manual_seed(0))
+    epoch_1, epoch_2 = torch.cat(list(moving)), torch.cat(list(moving))
+    torch.testing.assert_close(epoch_1, first)
+    torch.testing.assert_close(epoch_2, second)
     replay = torch.Generator().manual_seed(0)
     torch.testing.assert_close(torch.cat(list(minibatches(x, 16, seed=replay))), first)
 
