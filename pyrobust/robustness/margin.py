@@ -90,7 +90,10 @@ def margin_bound(
     confidence : float, optional
         If set, use the one-sided lower confidence bound of :math:`p_A` at this level.
     reference : {"mean", "sample"}, default "mean"
-        Centre of the ball, as in :func:`pyrobust.r_robustness` ([1]_ uses ``"mean"``).
+        Centre of the ball, as in :func:`pyrobust.r_robustness` ([1]_ uses ``"mean"``). The
+        bound also holds for ``"sample"``: given the reference draw the argument above applies,
+        and :math:`p \mapsto \Phi(\Phi^{-1}(p) - c)` is convex for :math:`c \ge 0`, so by
+        Jensen's inequality it carries over to the average over reference draws.
     latent_site, obs_site : str
         Site names.
     seed : int, optional

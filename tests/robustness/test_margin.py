@@ -66,6 +66,25 @@ def test_spectral_is_tighter_than_frobenius_and_still_valid(lg):
         assert lg.p_robust(r, 0.999 * b * u) > 0.5
 
 
+@pytest.mark.parametrize("norm", ["frobenius", "spectral"])
+def test_sample_reference_bound_is_valid(lg, norm):
+    radii = [0.8, 1.0]  # p_A = chi2_3.cdf(r^2 / (2 s^2)): 0.69, 0.87
+    tree = margin_bound(
+        lg.model,
+        lg.guide,
+        _inputs(lg),
+        r=radii,
+        num_samples=5000,
+        norm=norm,
+        reference="sample",
+        seed=6,
+    )
+    bound = tree["robustness"]["bound"].values
+    exact = [lg.bound(r, norm=norm, reference="sample") for r in radii]
+    np.testing.assert_allclose(bound, np.broadcast_to(exact, bound.shape), rtol=0.06)
+    assert np.all(bound < [lg.true_margin(r, reference="sample") for r in radii])
+
+
 def test_confidence_uses_one_sided_lower_bound(lg):
     x = _inputs(lg)
     kw = {"r": 0.6, "num_samples": 2000, "seed": 2}
