@@ -429,11 +429,18 @@ def _sampled_mi(loc, scale, labels, sizes, *, num_samples, max_batch, seed):
             - log_scale[None]
             - half_log_2pi
         )  # (m, N, L)
-        neg_marg[s : s + chunk] = -(torch.logsumexp(logq, dim=1) - math.log(N))
+        # One shift per (draw, code) serves the marginal and every factor's group sums. A
+        # group never underflows: it holds the draw's own input n_m, whose log-density is
+        # within log(sigma_max / sigma_min) + eps^2 / 2 nats of the shift, far below the
+        # ~700 nats float64 can span.
+        shift = logq.amax(dim=1, keepdim=True)  # (m, 1, L)
+        w = (logq - shift).exp()
+        neg_marg[s : s + chunk] = -(w.sum(1).log() + shift[:, 0] - math.log(N))
         own = lab[src[s : s + chunk]]  # (m, K)
         for k in range(len(sizes)):  # loop over factors
-            mask = lab[None, :, k] == own[:, k, None]  # (m, N)
-            lse = torch.logsumexp(logq.masked_fill(~mask[:, :, None], -math.inf), dim=1)
+            mask = lab[None, :, k] == own[:, k, None]  # (m, N): same value of factor k
+            group = torch.einsum("mn,mnl->ml", mask.to(w.dtype), w)
+            lse = group.log() + shift[:, 0]
             neg_cond[s : s + chunk, :, k] = -(lse - counts[k][own[:, k]].log()[:, None])
     per_marg = neg_marg.cpu().numpy()
     per_cond = neg_cond.cpu().numpy()

@@ -286,3 +286,18 @@ def test_bad_inputs_raise_clear_errors():
         beta_vae_score(lambda x: x, object())
     with pytest.raises(ValueError, match="one code vector per image"):
         factor_vae_score(lambda x: x[:1], ToyGroundTruth(), num_variance_estimate=10)
+
+
+@pytest.mark.gpu
+def test_mig_sampled_runs_on_the_device_of_its_inputs(grid):
+    factors, _ = grid
+    loc = torch.as_tensor(factors, dtype=torch.float64, device="cuda")
+    out = mig(
+        loc,
+        factors,
+        estimator="sampled",
+        scale=0.05 * torch.ones_like(loc),
+        num_samples=400,
+        num_bootstrap=10,
+    )
+    assert _value(out, "mig_sampled") == pytest.approx(1.0, abs=0.03)
