@@ -127,9 +127,15 @@ def test_minibatches_bad_input():
 
 
 @pytest.mark.gpu
-def test_minibatches_move_to_the_device():
+def test_minibatches_and_splits_on_the_gpu():
     x = torch.arange(10.0)
     batch = next(iter(minibatches(x, 4, seed=0, device="cuda")))
     assert batch.device.type == "cuda"
     cpu = next(iter(minibatches(x, 4, seed=0)))
     torch.testing.assert_close(batch.cpu(), cpu)
+    on_gpu = next(iter(minibatches(x.cuda(), 4, seed=0)))  # same order on every device
+    assert on_gpu.device.type == "cuda"
+    torch.testing.assert_close(on_gpu.cpu(), cpu)
+    train, test = train_test_split(x.cuda(), 0.3, seed=0)
+    assert train.device.type == test.device.type == "cuda"
+    torch.testing.assert_close(test.cpu(), train_test_split(x, 0.3, seed=0)[1])
