@@ -212,24 +212,26 @@ def save(
 
 
 def _replace(src: Path, dst: Path) -> None:
-    """Move ``src`` onto ``dst``; a directory target is swapped out, then removed."""
-    if src.is_dir() and dst.exists():
-        backup = dst.with_name(f".{dst.name}.{os.getpid()}.old")
-        os.replace(dst, backup)
-        try:
-            os.replace(src, dst)
-        except BaseException:
-            os.replace(backup, dst)
-            raise
-        if backup.is_dir():
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            backup.unlink(missing_ok=True)
-    elif dst.is_dir():
-        shutil.rmtree(dst)
+    """Move ``src`` onto ``dst``.
+
+    A file replacing a file is one ``os.replace`` (atomic on POSIX). When either is a directory
+    (a zarr store), the old ``dst`` is first renamed aside, then ``src`` renamed in, then the old
+    one removed; if the second rename fails the old one is put back.
+    """
+    if not dst.exists() or not (src.is_dir() or dst.is_dir()):
         os.replace(src, dst)
+        return
+    backup = dst.with_name(f".{dst.name}.{os.getpid()}.old")
+    os.replace(dst, backup)
+    try:
+        os.replace(src, dst)
+    except BaseException:
+        os.replace(backup, dst)
+        raise
+    if backup.is_dir():
+        shutil.rmtree(backup, ignore_errors=True)
     else:
-        os.replace(src, dst)
+        backup.unlink(missing_ok=True)
 
 
 def load(path: str | os.PathLike, *, format: str | None = None) -> xr.DataTree:

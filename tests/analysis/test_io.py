@@ -137,3 +137,16 @@ def test_arviz_stats_on_every_result_kind():
     # summary groups are plain datasets: ArviZ's dataset-level functions work on them too
     margins = margin_tree()["robustness"].to_dataset()
     assert float(margins["bound"].mean()) == pytest.approx(margins["bound"].values.mean())
+
+
+def test_format_change_replaces_file_with_store_and_back(tmp_path):
+    path = tmp_path / "run.zarr"
+    save(margin_tree(seed=1), path, format="netcdf")  # a netCDF file under a .zarr name
+    assert path.is_file()
+    save(margin_tree(seed=2), path)  # now a zarr store (a directory) replaces it
+    assert path.is_dir()
+    _assert_same(margin_tree(seed=2), load(path))
+    save(margin_tree(seed=3), path, format="netcdf")
+    assert path.is_file()
+    _assert_same(margin_tree(seed=3), load(path, format="netcdf"))
+    assert sorted(os.listdir(tmp_path)) == ["run.zarr"]
