@@ -162,3 +162,23 @@ def test_missing_group_or_variable_raises_clearly(tmp_path):
         plot_training_curves(training_tree(), path=tmp_path / "x.txt")
     with pytest.raises(TypeError, match="DataTree or a path"):
         plot_robustness_curve({"robustness": 1})
+
+
+def test_arviz_plots_work_on_results_without_conversion(tmp_path):
+    arviz_plots = pytest.importorskip("arviz_plots")
+    from pyrobust.analysis import mig
+
+    pc = arviz_plots.plot_dist(
+        robustness_tree(), group="posterior_predictive", backend="matplotlib"
+    )
+    pc.savefig(tmp_path / "dist.png")
+    _written(tmp_path / "dist.png")
+    f = np.random.default_rng(0).integers(0, 4, (200, 2))
+    pc = arviz_plots.plot_forest(
+        mig(f, f, num_bootstrap=50), group="bootstrap", backend="matplotlib"
+    )
+    pc.savefig(tmp_path / "forest.png")
+    _written(tmp_path / "forest.png")
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
