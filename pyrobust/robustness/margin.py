@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import xarray as xr
 
@@ -143,6 +144,8 @@ def margin_bound(
     """
     x = check_inputs(x)
     r_t, r_scalar = check_radius(r, x)
+    r_user = r.detach().cpu().to(torch.float64) if isinstance(r, torch.Tensor) else r
+    r_user = np.atleast_1d(np.asarray(r_user, dtype=np.float64))  # coords/attrs as given
     num_samples = check_positive_int(num_samples, "num_samples")
     max_batch = check_positive_int(max_batch, "max_batch")
     norm = check_choice(norm, "norm", NORMS)
@@ -184,7 +187,7 @@ def margin_bound(
     dims = ("obs_id", *radius_dims)
     coords: dict[str, Any] = {"obs_id": torch.arange(x.shape[0])}
     if not r_scalar:
-        coords["radius"] = r_t
+        coords["radius"] = r_user
     summary = {
         "bound": (dims, bound),
         "p_a": (dims, p_a),
@@ -197,7 +200,7 @@ def margin_bound(
         summary["p_a_lower"] = (dims, p_used)
     attrs = {
         "query": "margin_bound",
-        "r": float(r_t[0]) if r_scalar else r_t.tolist(),
+        "r": float(r_user[0]) if r_scalar else r_user.tolist(),
         "num_samples": num_samples,
         "norm": norm,
         "confidence": confidence,
@@ -211,7 +214,7 @@ def margin_bound(
     tree = make_tree(
         {
             "posterior_predictive": {"distance": dist.unsqueeze(0)},
-            "constant_data": {"x": x, "r": r_t[0] if r_scalar else r_t},
+            "constant_data": {"x": x, "r": r_user[0] if r_scalar else r_user},
         },
         dims={
             "distance": ["obs_id"],

@@ -199,6 +199,8 @@ def r_robustness(
     """
     x = check_inputs(x)
     r_t, r_scalar = check_radius(r, x)
+    r_user = r.detach().cpu().to(torch.float64) if isinstance(r, torch.Tensor) else r
+    r_user = np.atleast_1d(np.asarray(r_user, dtype=np.float64))  # coords/attrs as given
     num_samples = check_positive_int(num_samples, "num_samples")
     max_batch = check_positive_int(max_batch, "max_batch")
     reference = check_choice(reference, "reference", REFERENCES)
@@ -224,6 +226,8 @@ def r_robustness(
         if eps is None:
             raise ValueError(f"`family={family!r}` needs a grid of sizes `eps=`.")
         eps_t = _check_eps(eps, x)
+        eps_user = eps.detach().cpu().to(torch.float64) if isinstance(eps, torch.Tensor) else eps
+        eps_user = np.atleast_1d(np.asarray(eps_user, dtype=np.float64))
         delta_t = random_perturbations(x, eps_t, family, generator=generator)
         pert_dims: tuple[str, ...] = ("eps",)
     elif delta is not None:
@@ -264,14 +268,14 @@ def r_robustness(
     n = x.shape[0]
     coords: dict[str, Any] = {"obs_id": torch.arange(n)}
     if not r_scalar:
-        coords["radius"] = r_t
+        coords["radius"] = r_user
     if pert_dims == ("eps",):
-        coords["eps"] = eps_t
+        coords["eps"] = eps_user
     elif pert_dims:
         coords["perturbation"] = torch.arange(delta_t.shape[0])
     attrs = {
         "query": "r_robustness",
-        "r": r_t.tolist() if not r_scalar else float(r_t[0]),
+        "r": r_user.tolist() if not r_scalar else float(r_user[0]),
         "num_samples": num_samples,
         "reference": reference,
         "confidence": confidence,
@@ -281,14 +285,14 @@ def r_robustness(
         "max_batch": max_batch,
         "perturbation": "none" if delta_t is None else (family or "fixed"),
         "family": family,
-        "eps": None if eps_t is None else eps_t.tolist(),
+        "eps": None if eps_t is None else eps_user.tolist(),
         "distance": "l2 norm over all event dims",
         "decision_rule": "robust if ci_lower > 1/2; not robust if ci_upper < 1/2; else undecided",
     }
     tree = make_tree(
         {
             "posterior_predictive": {"distance": dist.unsqueeze(0)},
-            "constant_data": {"x": x, "delta": delta_out, "r": r_t[0] if r_scalar else r_t},
+            "constant_data": {"x": x, "delta": delta_out, "r": r_user[0] if r_scalar else r_user},
         },
         dims={
             "distance": ["obs_id", *pert_dims],
