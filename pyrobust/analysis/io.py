@@ -24,7 +24,7 @@ import xarray as xr
 
 from pyrobust._results import decode_attrs, encode_attrs
 
-__all__ = ["combine", "load", "require_group", "result_kind", "save", "settings"]
+__all__ = ["as_tree", "combine", "load", "require_group", "result_kind", "save", "settings"]
 
 #: Root attribute that marks a file written by :func:`save`.
 VERSION_ATTR = "pyrobust_version"

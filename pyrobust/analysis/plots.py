@@ -420,10 +420,13 @@ def plot_reconstructions(
                 f"{name} has {imgs.shape[0]}."
             )
     n = min(n, max_images)
+    # one grey scale for all rows, so an attack's change is not hidden by per-image rescaling
+    vmin = min(float(imgs[:n].min()) for _, imgs in rows)
+    vmax = max(float(imgs[:n].max()) for _, imgs in rows)
     fig, axes = _figure(None, ncols=n, nrows=4, size=(1.2, 1.25))
     for r, (name, imgs) in enumerate(rows):
         for c in range(n):
-            _show(axes[r, c], imgs[c])
+            _show(axes[r, c], imgs[c], vmin=vmin, vmax=vmax)
         axes[r, 0].set_ylabel(name, fontsize=7)
     return _finish(fig, path)
 
