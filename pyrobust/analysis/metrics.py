@@ -810,7 +810,9 @@ def beta_vae_score(
     ----------
     representation : callable
         ``representation(images) -> codes`` of shape (n, L) (array or tensor), e.g. the encoder
-        mean ``lambda x: vae.encode(x)[0]``.
+        mean ``lambda x: vae.encode(x)[0]``. It receives images as ``dataset.images`` returns
+        them (CPU tensors for dSprites) in chunks of ``max_batch``; move them to the model's
+        device inside, e.g. ``lambda x: vae.encode(x.to("cuda"))[0]``.
     dataset : ground-truth dataset
         ``num_factors``, ``sample_factors(n, seed)`` and ``images(factors)`` (e.g.
         :class:`pyrobust.data.DSprites`).
