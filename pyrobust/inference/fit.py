@@ -196,6 +196,7 @@ def save_checkpoint(
     objective=None,
     extra: Mapping[str, Any] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    param_names=None,
 ) -> Path:
     """Write a checkpoint atomically: ``path`` (``torch.save``) and ``path.json``.
 
@@ -203,6 +204,7 @@ def save_checkpoint(
     (buffers included), the optimizer state, ``objective.state_dict()``, the RNG states of
     torch, CUDA, numpy and ``random``, and ``extra``; everything loads with
     ``torch.load(..., weights_only=True)``. The JSON file holds ``metadata`` for people.
+    ``param_names`` restricts the saved param-store entries (default: all of them).
     Each file is written to a temporary file, synced and renamed, so a crash never leaves a
     half-written checkpoint.
 
@@ -216,7 +218,9 @@ def save_checkpoint(
     state = {
         "format": CHECKPOINT_FORMAT,
         "params": {
-            name: p.detach().cpu().clone() for name, p in pyro.get_param_store().named_parameters()
+            name: p.detach().cpu().clone()
+            for name, p in pyro.get_param_store().named_parameters()
+            if param_names is None or name in param_names
         },
         "module": None
         if module is None
@@ -341,8 +345,11 @@ def _epoch_permutation(n: int, seed: int, epoch: int, device) -> torch.Tensor:
     return torch.randperm(n, generator=g).to(device)
 
 
-def _svi_step(svi: SVI, x, kwargs, where: str, elbo) -> float:
-    """SVI.step with a finiteness check between the gradients and the update."""
+def _svi_step(svi: SVI, x, kwargs, where: str, elbo):
+    """SVI.step with a finiteness check between the gradients and the update.
+
+    Returns the loss and the names of the params it updated.
+    """
     with poutine.trace(param_only=True) as capture, warnings.catch_warnings():
         # Pyro warns "Encountered NaN"; the check below raises a more precise error instead.
         warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
@@ -367,7 +374,7 @@ def _svi_step(svi: SVI, x, kwargs, where: str, elbo) -> float:
         )
     svi.optim(params)
     zero_grads(params)
-    return loss
+    return loss, capture.trace.nodes.keys()
 
 
 def _evaluate(elbo, model, guide, x, batch_size, kwargs_for) -> float:
@@ -521,6 +528,7 @@ def fit(
     }
 
     history = _History()
+    param_names: set[str] = set()  # the params this training updates (what checkpoints hold)
     start_epoch, step, best = 0, 0, math.inf
     resume_path = None
     if resume:
@@ -532,6 +540,7 @@ def fit(
             state = load_checkpoint(resume_path, map_location="cpu")
             _init_params(elbo, model, guide, x[: min(batch_size, n)], kwargs_for(n))
             _restore_params(state, (model, guide) if module is None else vae_or_pair, None)
+            param_names.update(state["params"])
             optim.set_state(state["optimizer"] or {})
             if hasattr(elbo, "load_state_dict"):
                 elbo.load_state_dict(state["objective"])
@@ -557,6 +566,7 @@ def fit(
                     "settings": settings,
                     "last_epoch": {k: v[-1] for k, v in history.epochs.items()},
                 },
+                param_names=param_names,
             )
 
         show = sys.stderr.isatty() if progress is None else bool(progress)
@@ -571,7 +581,8 @@ def fit(
                     if hasattr(elbo, "set_step"):
                         elbo.set_step(step)
                     where = f"epoch {epoch + 1}, step {step} (batch {b + 1}/{num_batches})"
-                    loss = _svi_step(svi, xb, kwargs_for(n), where, elbo)
+                    loss, names = _svi_step(svi, xb, kwargs_for(n), where, elbo)
+                    param_names.update(names)
                     terms = dict(getattr(elbo, "last_terms", {}) or {})
                     terms["loss"] = loss
                     for name in getattr(elbo, "_schedules", {}):

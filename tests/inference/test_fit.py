@@ -175,3 +175,11 @@ def test_bad_input_is_rejected_before_training():
     with pytest.raises(ValueError, match="resume=True needs checkpoint_dir"):
         fit(pair, X, epochs=1, batch_size=8, resume=True)
     assert pair.calls == 0
+
+
+def test_checkpoint_holds_only_the_trained_params(tmp_path):
+    pyro.param("unrelated", torch.ones(2))
+    fit(MLPPair(), X, epochs=1, batch_size=32, checkpoint_dir=tmp_path)
+    saved = load_checkpoint(tmp_path / "last.pt")["params"]
+    assert saved and "unrelated" not in saved
+    assert all(k.startswith(("t_enc", "t_dec")) for k in saved)
