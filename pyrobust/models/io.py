@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pyrobust.models import likelihoods, nets
+from pyrobust.models import likelihoods, lipschitz, nets
 from pyrobust.models.vae import VAE
 
 __all__ = ["load_model", "model_config", "model_from_config", "register_module", "save_model"]
@@ -64,10 +64,15 @@ def register_module(cls: type[nn.Module]) -> type[nn.Module]:
     return cls
 
 
-for _module in (nets, likelihoods):
+for _module in (nets, likelihoods, lipschitz):
     for _name in _module.__all__:
         _obj = getattr(_module, _name)
-        if isinstance(_obj, type) and issubclass(_obj, nn.Module) and _name != "Likelihood":
+        if (
+            isinstance(_obj, type)
+            and issubclass(_obj, nn.Module)
+            and callable(getattr(_obj, "config", None))
+            and _name != "Likelihood"
+        ):
             register_module(_obj)
 
 

@@ -16,6 +16,8 @@ from pyrobust.models import (
     ConvEncoder28,
     GaussianLikelihood,
     LaplaceLikelihood,
+    LipschitzDecoder,
+    LipschitzEncoder,
     MLPDecoder,
     MLPEncoder,
     load_model,
@@ -46,6 +48,15 @@ MODELS = [
         lambda: VAE(BurgessEncoder(), BurgessDecoder(), LaplaceLikelihood(0.2)),
         (1, 64, 64),
         id="burgess-laplace",
+    ),
+    pytest.param(
+        lambda: VAE(
+            LipschitzEncoder(6, 2, hidden=(8, 8), max_scale_norm=1.0),
+            LipschitzDecoder(2, 6, hidden=(8, 8)),
+            "gaussian",
+        ),
+        (6,),
+        id="lipschitz",
     ),
     pytest.param(
         lambda: VAE(
