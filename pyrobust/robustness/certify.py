@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from scipy import optimize, stats
 
-from pyrobust._results import make_tree
+from pyrobust._results import make_tree, to_numpy
 from pyrobust.models.sites import guide_loc_scale
 
 __all__ = ["LipschitzDesign", "certified_margin", "chi2_tail_bound", "design_lipschitz"]
@@ -377,8 +377,8 @@ def certified_margin(
         best = torch.where(r2 > r1, 2, 1) * (margin > 0)
     dims = ("obs_id", "radius") if sweep else ("obs_id",)
     coords = {"obs_id": np.arange(x.shape[0])}
-    if sweep:
-        coords["radius"] = rt
+    if sweep:  # the caller's values (float64), not the model's dtype
+        coords["radius"] = np.asarray(to_numpy(r), dtype=np.float64)
     attrs = {
         "function": "certified_margin",
         "reference": "sample",
@@ -394,7 +394,7 @@ def certified_margin(
         "paper": "Barrett et al. 2022, arXiv:2102.07559",
     }
     if not sweep:
-        attrs["r"] = float(rt)
+        attrs["r"] = float(to_numpy(r))
     return make_tree(
         coords=coords,
         summary={
