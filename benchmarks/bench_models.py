@@ -39,9 +39,9 @@ def _time_pair(ours, base, repeats: int) -> tuple[float, float]:
 
 
 def bench(quick: bool) -> list[tuple[str, str, float, float]]:
-    repeats = 5 if quick else 20
-    samples = 16 if quick else 128
-    batch = 32 if quick else 128
+    repeats = 5 if quick else 11
+    samples = 16 if quick else 32
+    batch = 32 if quick else 64
     rows = []
     configs = [
         ("MLP 784-400-20", VAE(MLPEncoder(784, 20), MLPDecoder(20, 784)), (784,)),
