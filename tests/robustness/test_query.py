@@ -222,6 +222,25 @@ def test_same_seed_same_answer_and_max_batch_invariance(lg):
     )
 
 
+def test_chunking_and_autograd_paths_agree(lg):
+    # sample reference, a stack of perturbations, chunks of one draw, with and without autograd
+    x = _inputs(lg)
+    delta = 0.1 * torch.randn(
+        2, *x.shape, generator=torch.Generator().manual_seed(0), dtype=lg.dtype
+    )
+    kw = {"num_samples": 40, "reference": "sample"}
+    one = sample_distances(lg.model, lg.guide, x, delta, generator=make_generator(0, "cpu"), **kw)
+    with torch.no_grad():
+        chunked = sample_distances(
+            lg.model, lg.guide, x, delta, generator=make_generator(0, "cpu"), max_batch=1, **kw
+        )
+    torch.testing.assert_close(one, chunked)
+    tree = r_robustness(lg.model, lg.guide, x, r=0.5, delta=delta.numpy(), seed=0, **kw)
+    assert tree["robustness"]["probability"].dims == ("obs_id", "perturbation")
+    single = r_robustness(lg.model, lg.guide, x, r=0.5, delta=delta[0].numpy(), seed=0, **kw)
+    assert single["robustness"]["probability"].dims == ("obs_id",)
+
+
 def test_common_random_numbers_make_curves_monotone(lg):
     x = _inputs(lg)
     tree = r_robustness(lg.model, lg.guide, x, r=np.linspace(0.2, 1.0, 9), num_samples=100, seed=0)
