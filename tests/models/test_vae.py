@@ -210,6 +210,20 @@ def test_several_vaes_in_one_process_each_train_their_own_parameters():
     assert pyro.param("encoder$$$head.weight") is first.encoder.head.weight
 
 
+def test_module_local_params_and_a_torch_optimizer():
+    x = torch.randn(16, 6) * 0.1
+    with pyro.settings.context(module_local_params=True):
+        vae = small_vae(GaussianLikelihood(scale=1.0, learn_scale=True))
+        opt = torch.optim.Adam(vae.parameters(), lr=0.05)
+        elbo = Trace_ELBO()
+        for _ in range(20):
+            opt.zero_grad()
+            elbo.differentiable_loss(vae.model, vae.guide, x).backward()
+            opt.step()
+    assert len(pyro.get_param_store()) == 0  # the global store was never touched
+    assert vae.likelihood.scale.item() < 0.5
+
+
 # --- sampling --------------------------------------------------------------------------------
 def test_sample_is_seeded():
     vae = small_vae()
