@@ -202,7 +202,7 @@ class MLPEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(loc, scale)``, each of shape ``(*batch, latent_dim)``."""
         batch = _split_batch(x, self.input_shape, "x", type(self).__name__)
-        h = self.body(x.reshape(*batch, -1))
+        h = self.body(x.reshape(*batch, math.prod(self.input_shape)))
         return _loc_scale(self.head(h), self.min_scale)
 
 
@@ -352,7 +352,7 @@ class ConvEncoder(nn.Module):
         batch = _split_batch(x, self.input_shape, "x", type(self).__name__)
         h = self.convs(x.reshape(math.prod(batch), *self.input_shape)).flatten(1)
         loc, scale = _loc_scale(self.head(self.body(h)), self.min_scale)
-        return loc.reshape(*batch, -1), scale.reshape(*batch, -1)
+        return loc.reshape(*batch, self.latent_dim), scale.reshape(*batch, self.latent_dim)
 
 
 class ConvDecoder(nn.Module):
@@ -440,7 +440,7 @@ class ConvDecoder(nn.Module):
         """Return likelihood parameters of shape ``(*batch, *output_shape)``."""
         batch = _split_batch(z, (self.latent_dim,), "z", type(self).__name__)
         h = self.body(z.reshape(math.prod(batch), self.latent_dim))
-        out = self.deconvs(h.reshape(-1, *self._start))
+        out = self.deconvs(h.reshape(h.shape[0], *self._start))
         return out.reshape(*batch, *self.output_shape)
 
 

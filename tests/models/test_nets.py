@@ -31,7 +31,7 @@ DECODERS = [
     pytest.param(lambda: BurgessDecoder(), id="burgess"),
     pytest.param(lambda: ConvDecoder(2, (3, 13, 17), channels=(4, 8), hidden=()), id="conv-odd"),
 ]
-BATCHES = [(), (4,), (2, 3)]
+BATCHES = [(), (0,), (4,), (2, 3)]
 
 
 @pytest.mark.parametrize("make", ENCODERS)
