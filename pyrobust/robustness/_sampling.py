@@ -179,8 +179,8 @@ def sample_distances(
         Source of :math:`\eta` (on ``x``'s device); all noise is drawn up front, so the result
         does not depend on ``max_batch``.
     max_batch : int
-        Most latent codes decoded per model call; sample chunks hold
-        ``max(1, max_batch // codes_per_sample)`` samples.
+        Most latent codes decoded per model call (and most inputs per guide call); sample
+        chunks hold ``max(1, max_batch // codes_per_sample)`` samples.
     latent_site, obs_site : str
         Site names.
 
@@ -197,7 +197,11 @@ def sample_distances(
         pert_shape = tuple(delta.shape[: delta.dim() - x.dim()])
         x_all = torch.cat([x, (x + delta).reshape(-1, *event)])
     n_pert = math.prod(pert_shape)
-    loc_all, scale_all = guide_loc_scale(guide, x_all, latent_site=latent_site)
+    stats = [
+        guide_loc_scale(guide, xc, latent_site=latent_site) for xc in x_all.split(int(max_batch))
+    ]
+    loc_all = torch.cat([loc for loc, _ in stats]) if len(stats) > 1 else stats[0][0]
+    scale_all = torch.cat([scale for _, scale in stats]) if len(stats) > 1 else stats[0][1]
     d_z = loc_all.shape[-1]
     loc0, scale0 = loc_all[:n], scale_all[:n]
     loc = loc_all[-n_pert * n :].reshape(n_pert, n, d_z)
