@@ -7,10 +7,12 @@ a config file) to the library's objects.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import xarray as xr
 
 from pyrobust.data import DSprites, load_digits, train_test_split
 from pyrobust.inference import BetaELBO, BetaTCELBO, CapacityELBO, DIPVAELoss
@@ -25,7 +27,19 @@ from pyrobust.models import (
     MLPEncoder,
 )
 
-__all__ = ["DATASETS", "OBJECTIVES", "Split", "build_vae", "load_dataset", "make_objective"]
+__all__ = [
+    "DATASETS",
+    "OBJECTIVES",
+    "Split",
+    "build_vae",
+    "disentanglement",
+    "load_dataset",
+    "make_objective",
+]
+
+#: DCI's importance model: small gradient-boosted trees (disentanglement_lib uses sklearn's
+#: defaults, too slow for a laptop run over many models).
+DCI_TREES = {"n_estimators": 20, "max_depth": 3}
 
 DATASETS = ("digits", "dsprites")
 ARCHS = ("mlp", "conv", "burgess")
@@ -134,3 +148,45 @@ def make_objective(
         return CapacityELBO(gamma=1000.0 * beta, capacity=Linear(0.0, 25.0, total_steps))
     kind = "i" if name == "dip-vae-i" else "ii"
     return DIPVAELoss(kind=kind, lambda_od=beta, lambda_d=10.0 * beta)
+
+
+def disentanglement(
+    codes: torch.Tensor, factors: torch.Tensor, *, num_bootstrap: int = 100, seed: int = 0
+) -> xr.DataTree:
+    """MIG (histogram), SAP and DCI of ``codes`` against ground-truth ``factors`` in one tree.
+
+    The ``metrics`` group holds ``mig``, ``sap``, ``dci_disentanglement``,
+    ``dci_completeness``, ``dci_informativeness_train``/``_test`` (accuracies) and their bootstrap
+    intervals (``*_ci``) where ``num_bootstrap > 0``. DCI uses small gradient-boosted trees
+    (:data:`DCI_TREES`).
+    """
+    from pyrobust.analysis.metrics import dci, mig, sap
+
+    # Position factors have 32 classes: on small samples scikit-learn warns that this "could
+    # represent a regression problem". They are classes by definition.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The number of unique classes", UserWarning)
+        kw = {"num_bootstrap": num_bootstrap, "seed": seed}
+        parts = {
+            "mig": mig(codes, factors, **kw)["metrics"].to_dataset(),
+            "sap": sap(codes, factors, **kw)["metrics"].to_dataset(),
+            "dci": dci(codes, factors, model_kwargs=DCI_TREES, **kw)["metrics"].to_dataset(),
+        }
+    rename = {"mig_histogram": "mig"}
+    rename.update({v: f"dci_{v}" for v in parts["dci"].data_vars})
+    merged = xr.merge(
+        [
+            ds.drop_attrs().rename({k: v for k, v in _with_ci(rename).items() if k in ds})
+            for ds in parts.values()
+        ]
+    )
+    tree = xr.DataTree()
+    tree["metrics"] = xr.DataTree(merged)
+    tree.attrs.update({"query": "disentanglement", "num_bootstrap": num_bootstrap, "seed": seed})
+    return tree
+
+
+def _with_ci(rename: dict) -> dict:
+    out = dict(rename)
+    out.update({f"{k}_ci": f"{v}_ci" for k, v in rename.items()})
+    return out
