@@ -30,7 +30,6 @@ import torch
 import xarray as xr
 from pyro import poutine
 from pyro.infer import SVI
-from pyro.infer.util import zero_grads
 
 from pyrobust._results import make_tree
 from pyrobust.inference.objectives import BetaELBO
@@ -357,7 +356,8 @@ def _svi_step(svi: SVI, x, kwargs, where: str, elbo):
     params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
     loss = float(loss)
     if not math.isfinite(loss):
-        zero_grads(params)
+        for p in params:
+            p.grad = None
         terms = getattr(elbo, "last_terms", {}) or {}
         bad = [k for k, v in terms.items() if k != "loss" and not math.isfinite(v)]
         detail = (
@@ -373,7 +373,8 @@ def _svi_step(svi: SVI, x, kwargs, where: str, elbo):
             "or bound the likelihood's scale."
         )
     svi.optim(params)
-    zero_grads(params)
+    for p in params:  # like torch's zero_grad(set_to_none=True): no zero-filled buffers
+        p.grad = None
     return loss, capture.trace.nodes.keys()
 
 
