@@ -183,3 +183,34 @@ def test_checkpoint_holds_only_the_trained_params(tmp_path):
     saved = load_checkpoint(tmp_path / "last.pt")["params"]
     assert saved and "unrelated" not in saved
     assert all(k.startswith(("t_enc", "t_dec")) for k in saved)
+
+
+@pytest.mark.gpu
+def test_fit_and_resume_on_cuda(tmp_path):
+    def run(epochs, resume=False):
+        pyro.clear_param_store()
+        pair = MLPPair()
+        pair.enc.cuda()
+        pair.dec.cuda()
+        elbo = FactorVAELoss(gamma=2.0, hidden_dim=8, num_layers=2)
+        tree = fit(
+            pair,
+            X,
+            elbo=elbo,
+            epochs=epochs,
+            batch_size=16,
+            device="cuda",
+            checkpoint_dir=tmp_path / ("cut" if resume or epochs == 2 else "full"),
+            resume=resume,
+            val_data=X[:16],
+        )
+        return params(pair), tree["history"].dataset, elbo
+
+    full, h_full, elbo = run(4)
+    assert all(v.is_cuda for v in full.values())
+    assert next(elbo.discriminator.parameters()).is_cuda
+    run(2)
+    resumed, h_res, _ = run(4, resume=True)
+    for k in full:
+        torch.testing.assert_close(full[k], resumed[k], rtol=1e-6, atol=1e-7)
+    assert h_res["loss"].values.tolist() == pytest.approx(h_full["loss"].values.tolist(), rel=1e-5)

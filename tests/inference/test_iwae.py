@@ -114,3 +114,16 @@ def test_bad_input(lg, x):
 
     with pytest.raises(ValueError, match=r"site 'g'.*global latent"):
         importance_log_likelihood(model_with_global, guide_with_global, x)
+
+
+@pytest.mark.gpu
+def test_on_cuda_matches_cpu_in_distribution():
+    lg = LinearGaussianVAE(d_x=6, d_z=3, s=0.3, obs_scale=0.5)
+    v = lg.obs_scale**2
+    lg.A, lg.s = lg.W.T / (1 + v), math.sqrt(v / (1 + v))  # exact posterior: L_K = log p(x)
+    x = torch.randn(5, 6, dtype=torch.float64)
+    expected = exact_log_px(lg, x)
+    lg.A, lg.W = lg.A.cuda(), lg.W.cuda()
+    ll = importance_log_likelihood(lg.model, lg.guide, x.cuda(), num_particles=8, seed=0)
+    assert ll.is_cuda
+    torch.testing.assert_close(ll.cpu(), expected)

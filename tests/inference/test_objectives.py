@@ -364,3 +364,15 @@ def test_dataset_size_smaller_than_the_batch():
         ValueError, match=r"dataset_size \(8\) is smaller than the minibatch \(32\)"
     ):
         BetaTCELBO(dataset_size=8).loss(pair.model, pair.guide, x)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_objectives_on_cuda(name):
+    pair, x = MLPPair(), binary_data(32).cuda()
+    pair.enc.cuda()
+    pair.dec.cuda()
+    elbo = OBJECTIVES[name](num_particles=2, vectorize_particles=True)
+    svi = SVI(pair.model, pair.guide, pyro.optim.Adam({"lr": 1e-3}), loss=elbo)
+    assert math.isfinite(svi.step(x))
+    assert math.isfinite(elbo.last_terms["kl"])
