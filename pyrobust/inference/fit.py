@@ -547,6 +547,7 @@ def fit(
                 elbo.load_state_dict(state["objective"])
             _set_rng_state(state["rng"])
             extra = state["extra"]
+            _check_same_trajectory(extra.get("trajectory", {}), settings, resume_path)
             start_epoch, step, best = int(extra["epoch"]), int(extra["step"]), float(extra["best"])
             history = _History.from_state(extra["history"])
         else:
@@ -559,7 +560,13 @@ def fit(
                 module=module,
                 optimizer=optim,
                 objective=elbo,
-                extra={"epoch": epoch, "step": step, "best": best, "history": history.state()},
+                extra={
+                    "epoch": epoch,
+                    "step": step,
+                    "best": best,
+                    "history": history.state(),
+                    "trajectory": {k: settings[k] for k in _TRAJECTORY_KEYS},
+                },
                 metadata={
                     "epoch": epoch,
                     "step": step,
@@ -612,6 +619,24 @@ def fit(
         finally:
             bar.close()
     return _history_tree(history, settings)
+
+
+#: Settings that must match for a resumed run to continue the same trajectory.
+_TRAJECTORY_KEYS = ("batch_size", "seed", "num_train", "objective", "optimizer")
+
+
+def _check_same_trajectory(saved: Mapping, settings: Mapping, path: Path) -> None:
+    diff = {
+        k: (saved[k], settings[k])
+        for k in _TRAJECTORY_KEYS
+        if k in saved and saved[k] != settings[k]
+    }
+    if diff:
+        detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(
+            f"Cannot resume from {str(path)!r}: {detail}. A resumed run continues the same "
+            "trajectory only with the same settings; pass them, or start fresh (resume=False)."
+        )
 
 
 def _init_params(elbo, model, guide, xb, kwargs) -> None:

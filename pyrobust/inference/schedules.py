@@ -4,8 +4,10 @@ A schedule is a callable mapping the optimisation step :math:`t = 0, 1, \dots` t
 Every coefficient of the objectives in :mod:`pyrobust.inference.objectives` (``beta``,
 ``gamma``, ``capacity``, ``lambda_od``, ...) accepts either a number or a schedule; the
 training loop :func:`pyrobust.inference.fit` calls ``objective.set_step(t)`` before each step.
-The objective keeps the current value in a 0-dim tensor that is updated in place, so the
-computation graph is the same at every step (no per-value recompilation).
+The objective keeps the current value in a 0-dim tensor on the loss's device and dtype,
+updated in place (``fill_``) between steps, so no new tensor or host-to-device copy is made per
+step and the graph has the same structure at every step. (A ``torch.jit``-traced objective
+would need the coefficient as a traced *input*; pyrobust does not provide JIT variants yet.)
 
 Schedules are vectorised: called on an integer tensor of steps they return a tensor of values,
 which is how they are plotted and tested.

@@ -214,3 +214,16 @@ def test_fit_and_resume_on_cuda(tmp_path):
     for k in full:
         torch.testing.assert_close(full[k], resumed[k], rtol=1e-6, atol=1e-7)
     assert h_res["loss"].values.tolist() == pytest.approx(h_full["loss"].values.tolist(), rel=1e-5)
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    fit(MLPPair(), X, epochs=1, batch_size=16, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="batch_size: checkpoint 16 vs now 32"):
+        fit(MLPPair(), X, epochs=2, batch_size=32, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_progress_bar_when_asked(capsys):
+    fit(MLPPair(), X, epochs=1, batch_size=32, progress=True)
+    assert "fit" in capsys.readouterr().err
+    fit(MLPPair(), X, epochs=1, batch_size=32)  # stderr is not a terminal under pytest
+    assert capsys.readouterr().err == ""
