@@ -60,7 +60,9 @@ def train_one(lipschitz: float, train: torch.Tensor, args) -> VAE:
         likelihood="bernoulli",
     )
     fit(vae, train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    return vae
+    # frozen weights (eval mode, as Pyro expects of frozen modules): each Björck layer orthonormalises its weight once and caches it, instead
+    # of at every forward pass of the attacks (which need gradients in x, not in the weights)
+    return vae.eval().requires_grad_(False)
 
 
 def evaluate(vae: VAE, test: torch.Tensor, attack_inputs: torch.Tensor, args) -> dict:

@@ -179,10 +179,11 @@ class BjorckLinear(nn.Module):
     :math:`=\kappa`, so :math:`\|\kappa\,\mathrm{Bjorck}(W)\|_2 \le \kappa` [2]_.
 
     The orthonormalised weight is recomputed at every forward pass while it needs a gradient
-    (training). When it does not (``torch.no_grad()``, frozen weights, or ``eval()`` mode,
-    where the weight is treated as a constant like BatchNorm's running statistics) it is cached
-    and reused until the weight changes, so attacks and certificates on a trained model pay for
-    the iteration once.
+    (training). When it does not (under ``torch.no_grad()``, or with frozen weights) it is cached
+    and reused until the weight changes. Freeze a trained model before attacking it,
+    ``vae.eval().requires_grad_(False)`` (Pyro expects frozen modules in eval mode): attacks
+    differentiate in the input only, and then pay for the iteration once instead of at every
+    step.
 
     Parameters
     ----------
@@ -218,8 +219,7 @@ class BjorckLinear(nn.Module):
     def orthonormal_weight(self, n_iter: int | None = None) -> torch.Tensor:
         """The orthonormalised weight (without ``scale``), of shape ``(out, in)``."""
         n_iter = self.n_iter if n_iter is None else n_iter
-        needs_graph = self.training and torch.is_grad_enabled() and self.weight.requires_grad
-        if needs_graph:
+        if torch.is_grad_enabled() and self.weight.requires_grad:
             self._cache = None
             return bjorck_orthonormalize(self.weight, n_iter)
         w = self.weight

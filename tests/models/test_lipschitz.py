@@ -64,6 +64,11 @@ def test_bjorck_linear_gradients_and_cache():
         layer.weight.add_(0.1)
         w2 = layer.orthonormal_weight()
     assert w2 is not w1 and not torch.allclose(w1, w2)
+    # eval mode still trains (only frozen weights or no_grad use the cache)
+    layer.eval()
+    assert layer.orthonormal_weight().requires_grad
+    layer.requires_grad_(False)
+    assert layer.orthonormal_weight() is layer.orthonormal_weight()
     torch.testing.assert_close(w2, bjorck_orthonormalize(layer.weight.detach(), layer.n_iter))
     assert layer.lipschitz_bound() == pytest.approx(2.0, abs=1e-4)
     # any leading batch dims
