@@ -280,12 +280,21 @@ def _figures(tree: xr.DataTree, out: Path) -> None:
         plt.close(fig)
 
 
+def _corr(a, b, method: str = "spearman") -> float:
+    """Correlation of ``a`` and ``b``; NaN (not a warning) when it is undefined."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = a[ok], b[ok]
+    if a.size < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    fn = stats.spearmanr if method == "spearman" else stats.pearsonr
+    return float(fn(a, b).statistic)
+
+
 def _trend(ds: xr.Dataset, var: str) -> float:
     """Spearman correlation between beta and the per-model median of ``var`` (all objectives)."""
     med = ds[var].median("obs_id").values if "obs_id" in ds[var].dims else ds[var].values
-    if np.unique(ds["beta"].values).size < 2:
-        return float("nan")
-    return float(stats.spearmanr(ds["beta"].values, med).statistic)
+    return _corr(ds["beta"].values, med)
 
 
 def summarize(tree: xr.DataTree) -> str:
@@ -307,7 +316,7 @@ def summarize(tree: xr.DataTree) -> str:
         bound, emp = ds["bound"].values, ds["empirical_margin"].values
         ok = np.isfinite(bound) & np.isfinite(emp)
         below = float(np.mean(bound[ok] <= emp[ok])) if ok.any() else float("nan")
-        pear = float(stats.pearsonr(bound[ok], emp[ok]).statistic) if ok.sum() > 2 else float("nan")
+        pear = _corr(bound[ok], emp[ok], "pearson")
         ratio = (
             float(np.median(emp[ok & (bound > 0)] / bound[ok & (bound > 0)]))
             if (ok & (bound > 0)).any()
@@ -334,7 +343,7 @@ def summarize(tree: xr.DataTree) -> str:
             )
         deg = ds["likelihood_degradation"].median("obs_id").values
         marg = ds["empirical_margin"].median("obs_id").values
-        deg_corr = float(stats.spearmanr(marg, deg).statistic) if len(marg) > 2 else float("nan")
+        deg_corr = _corr(marg, deg)
         lines += [
             "",
             "| claim of the paper | paper | here | agree? |",
