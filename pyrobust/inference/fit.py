@@ -207,6 +207,21 @@ def save_checkpoint(
     Each file is written to a temporary file, synced and renamed, so a crash never leaves a
     half-written checkpoint.
 
+    Parameters
+    ----------
+    path : str or path-like
+        The ``.pt`` file to write; its parent is created.
+    module : torch.nn.Module, optional
+        Saved with ``state_dict()`` (buffers included).
+    optimizer : pyro.optim.PyroOptim, optional
+    objective : optional
+        Anything with ``state_dict()`` (e.g. :class:`~pyrobust.inference.FactorVAELoss`).
+    extra : mapping, optional
+        Further ``weights_only``-loadable content (``fit`` stores epoch, step and history).
+    metadata : mapping, optional
+        JSON-able content of the sidecar.
+    param_names : collection of str, optional
+
     Returns
     -------
     pathlib.Path

@@ -465,6 +465,11 @@ def log_aggregate_posterior(
         Shape ``(*batch, M)``.
     log_qz_marginals : torch.Tensor
         Shape ``(*batch, M, D)``.
+
+    References
+    ----------
+    .. [1] Chen, Li, Grosse, Duvenaud. *Isolating Sources of Disentanglement in Variational
+       Autoencoders*. NeurIPS 2018, Section 4.1 and Appendix C.
     """
     if z.dim() < 2:
         raise ValueError(f"z must have shape (*batch, M, D); got {tuple(z.shape)}.")
@@ -661,7 +666,18 @@ def permute_dims(z: torch.Tensor, generator: torch.Generator | None = None) -> t
     r"""Shuffle every latent dimension independently across the minibatch (dim ``-2``).
 
     Samples of the permuted codes follow :math:`\prod_d q(z_d)` when ``z`` follows
-    :math:`q(z)` (Kim & Mnih, Algorithm 1).
+    :math:`q(z)` (Kim & Mnih [1]_, Algorithm 1).
+
+    Parameters
+    ----------
+    z : torch.Tensor
+        Codes of shape ``(*batch, M, D)``.
+    generator : torch.Generator, optional
+        On ``z``'s device; default the global RNG.
+
+    References
+    ----------
+    .. [1] Kim, Mnih. *Disentangling by Factorising*. ICML 2018.
     """
     noise = torch.rand(z.shape, generator=generator, device=z.device)
     idx = noise.argsort(dim=-2)
@@ -854,10 +870,21 @@ def dip_covariance(loc: torch.Tensor, scale: torch.Tensor, kind: str = "i") -> t
 
     with the (biased, :math:`1/M`) minibatch covariance.
 
+    Parameters
+    ----------
+    loc, scale : torch.Tensor
+        Encoder means and standard deviations of a minibatch, shape ``(*batch, M, D)``.
+    kind : {"i", "ii"}, default "i"
+
     Returns
     -------
     torch.Tensor
-        Shape ``(*batch, D, D)`` for ``loc``, ``scale`` of shape ``(*batch, M, D)``.
+        Shape ``(*batch, D, D)``.
+
+    References
+    ----------
+    .. [1] Kumar, Sattigeri, Balakrishnan. *Variational Inference of Disentangled Latent
+       Concepts from Unlabeled Observations*. ICLR 2018, Eqs. (6)-(7).
     """
     centred = loc - loc.mean(-2, keepdim=True)
     cov = centred.transpose(-1, -2) @ centred / loc.shape[-2]
