@@ -249,7 +249,10 @@ def _resolve(model, guide, a, b, c, gamma):
                 "bound methods of a VAE built from LipschitzEncoder/LipschitzDecoder so they can "
                 "be verified from its layers."
             )
+        given = [n for n, v in (("a", a), ("b", b), ("c", c), ("gamma", gamma)) if v is not None]
         source = "verified from the VAE's layers (lipschitz_constants)"
+        if given:
+            source = f"{', '.join(given)} given; the rest {source}"
         a = derived.a if a is None else a
         b = derived.b if b is None else b
         if gamma is None and c is None:
