@@ -92,6 +92,67 @@ def _as_tensor(data, name: str) -> torch.Tensor:
     return data
 
 
+def _first_tensor(out):
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    return out if torch.is_tensor(out) else None
+
+
+class _Source:
+    """Training or validation inputs, read by minibatch of indices.
+
+    A tensor (or array, or ``TensorDataset``) is moved to the device once. A Dataset that
+    takes a LongTensor of indices and returns the batch (as ``DSpritesDataset`` does) is read
+    per minibatch, never materialised (dSprites in full is 12 GB of float32). Any other
+    map-style Dataset is materialised once, item by item.
+    """
+
+    def __init__(self, data, name: str):
+        self.name, self.dataset, self.tensor = name, None, None
+        self.device = None
+        if _is_batch_indexable(data):
+            self.dataset = data
+            self.n = len(data)
+        else:
+            self.tensor = _as_tensor(data, name)
+            self.n = self.tensor.shape[0]
+
+    def to(self, device) -> _Source:
+        self.device = torch.device(device)
+        if self.tensor is not None:
+            self.tensor = self.tensor.to(self.device)
+        return self
+
+    @property
+    def index_device(self):
+        return self.tensor.device if self.tensor is not None else torch.device("cpu")
+
+    def default_device(self) -> torch.device:
+        if self.tensor is not None:
+            return self.tensor.device
+        return self.get(torch.arange(1)).device
+
+    def get(self, idx: torch.Tensor) -> torch.Tensor:
+        if self.tensor is not None:
+            return self.tensor[idx]
+        batch = _first_tensor(self.dataset[idx])
+        if not batch.dtype.is_floating_point:
+            batch = batch.to(torch.get_default_dtype())
+        return batch if self.device is None else batch.to(self.device, non_blocking=True)
+
+
+def _is_batch_indexable(data) -> bool:
+    if torch.is_tensor(data) or isinstance(data, (np.ndarray, torch.utils.data.TensorDataset)):
+        return False
+    if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")) or len(data) == 0:
+        return False
+    k = min(3, len(data))
+    try:
+        out = _first_tensor(data[torch.arange(k)])
+    except (TypeError, IndexError, ValueError, KeyError, RuntimeError):
+        return False
+    return out is not None and out.dim() >= 1 and out.shape[0] == k
+
+
 def _positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive int; got {value!r}.")
@@ -132,7 +193,7 @@ def _resolve_device(device, module, x) -> torch.device:
         p = next(iter(module.parameters()), None)
         if p is not None:
             return p.device
-    return x.device
+    return x.default_device()
 
 
 # --------------------------------------------------------------------------------------------
@@ -393,13 +454,20 @@ def _svi_step(svi: SVI, x, kwargs, where: str, elbo):
     return loss, capture.trace.nodes.keys()
 
 
-def _evaluate(elbo, model, guide, x, batch_size, kwargs_for) -> float:
-    """Mean per-data-point loss over ``x`` in batches."""
+def _evaluate(elbo, model, guide, source: _Source, batch_size, kwargs_for, seed, device) -> float:
+    """Mean per-data-point loss over ``source`` in batches.
+
+    The draws come from a forked RNG seeded with ``seed``, so validating does not change the
+    training trajectory and every epoch is scored with the same noise.
+    """
     total = 0.0
-    n = x.shape[0]
-    with torch.no_grad():
+    n = source.n
+    order = torch.arange(n, device=source.index_device)
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
         for start in range(0, n, batch_size):
-            xb = x[start : start + batch_size]
+            xb = source.get(order[start : start + batch_size])
             kw = kwargs_for(n)
             per = float(elbo.loss(model, guide, xb, **kw)) / (n if kw else xb.shape[0])
             total += per * xb.shape[0]
@@ -437,7 +505,10 @@ def fit(
     vae_or_pair : object with ``.model`` and ``.guide``, or ``(model, guide)``
         A ``torch.nn.Module`` (e.g. :class:`pyrobust.models.VAE`) is moved to ``device``.
     data : torch.Tensor, numpy array or Dataset
-        Training inputs; a Dataset is materialised once (first element of each item).
+        Training inputs. A tensor is moved to ``device`` once; a Dataset that accepts a
+        LongTensor of indices (e.g. :class:`pyrobust.data.DSpritesDataset`) is read one
+        minibatch at a time; any other map-style Dataset is materialised once. Of tuple items,
+        the first element is the input.
     elbo : pyro.infer.ELBO, optional
         The objective; default :class:`~pyrobust.inference.BetaELBO` ``(1.0)``.
     epochs : int
@@ -449,7 +520,8 @@ def fit(
         ``"adam"``, ``"adamw"``, ``"clippedadam"``, ``"sgd"``, ``"rmsprop"`` or an instance.
     val_data : optional
         Validation inputs; their mean per-data-point loss is recorded every epoch and chooses
-        the best checkpoint.
+        the best checkpoint. It is computed with a forked RNG seeded with ``seed``: the same
+        noise every epoch, and no effect on the training trajectory.
     checkpoint_dir : path-like, optional
         Where to write ``last.pt`` (every ``checkpoint_every`` epochs and at the end) and
         ``best.pt`` (lowest validation loss, or training loss without validation data), each
@@ -500,9 +572,9 @@ def fit(
         checkpoint_dir = Path(resume).parent
     if resume is True and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir (where last.pt lives).")
-    x = _as_tensor(data, "data")
-    x_val = None if val_data is None else _as_tensor(val_data, "val_data")
-    n = x.shape[0]
+    x = _Source(data, "data")
+    x_val = None if val_data is None else _Source(val_data, "val_data")
+    n = x.n
     elbo = BetaELBO(1.0) if elbo is None else elbo
     if not (hasattr(elbo, "loss") and hasattr(elbo, "loss_and_grads")):
         raise TypeError(f"elbo must be a pyro.infer.ELBO; got {type(elbo).__name__}.")
@@ -516,9 +588,9 @@ def fit(
     device = _resolve_device(device, module, x)
     if module is not None:
         module.to(device)
-    x = x.to(device)
+    x.to(device)
     if x_val is not None:
-        x_val = x_val.to(device)
+        x_val.to(device)
     use_size = _accepts_size(model) and _accepts_size(guide)
 
     def kwargs_for(size):
@@ -535,7 +607,7 @@ def fit(
         "seed": int(seed),
         "device": str(device),
         "num_train": n,
-        "num_val": 0 if x_val is None else x_val.shape[0],
+        "num_val": 0 if x_val is None else x_val.n,
         "num_batches": num_batches,
         "checkpoint_dir": None if ckpt_dir is None else str(ckpt_dir),
         "checkpoint_every": checkpoint_every,
@@ -554,7 +626,8 @@ def fit(
     with pyro.validation_enabled(validate):
         if resume_path is not None:
             state = load_checkpoint(resume_path, map_location="cpu")
-            _init_params(elbo, model, guide, x[: min(batch_size, n)], kwargs_for(n))
+            first = x.get(torch.arange(min(batch_size, n), device=x.index_device))
+            _init_params(elbo, model, guide, first, kwargs_for(n))
             _restore_params(state, (model, guide) if module is None else vae_or_pair, None)
             param_names.update(state["params"])
             optim.set_state(state["optimizer"] or {})
@@ -597,10 +670,10 @@ def fit(
         try:
             for epoch in range(start_epoch, epochs):
                 t0 = time.perf_counter()
-                perm = _epoch_permutation(n, seed, epoch, device)
+                perm = _epoch_permutation(n, seed, epoch, x.index_device)
                 train_sum = 0.0
                 for b in range(num_batches):
-                    xb = x[perm[b * batch_size : (b + 1) * batch_size]]
+                    xb = x.get(perm[b * batch_size : (b + 1) * batch_size])
                     if hasattr(elbo, "set_step"):
                         elbo.set_step(step)
                     where = f"epoch {epoch + 1}, step {step} (batch {b + 1}/{num_batches})"
@@ -619,7 +692,7 @@ def fit(
                 record = {"train_loss": train_sum / n, "time": time.perf_counter() - t0}
                 if x_val is not None:
                     record["val_loss"] = _evaluate(
-                        elbo, model, guide, x_val, batch_size, kwargs_for
+                        elbo, model, guide, x_val, batch_size, kwargs_for, seed, device
                     )
                 history.add(history.epochs, record)
                 monitored = record.get("val_loss", record["train_loss"])

@@ -227,3 +227,38 @@ def test_progress_bar_when_asked(capsys):
     assert "fit" in capsys.readouterr().err
     fit(MLPPair(), X, epochs=1, batch_size=32)  # stderr is not a terminal under pytest
     assert capsys.readouterr().err == ""
+
+
+class _BatchDataset(torch.utils.data.Dataset):
+    """Takes a LongTensor of indices and returns the batch (like DSpritesDataset)."""
+
+    def __init__(self, x):
+        self.x, self.int_calls = x, 0
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, idx):
+        if not torch.is_tensor(idx):
+            self.int_calls += 1
+        return self.x[idx], torch.zeros(())
+
+
+class _ItemDataset(_BatchDataset):
+    def __getitem__(self, idx):
+        return self.x[int(idx)].numpy(), 0  # only item access works
+
+
+def test_batch_indexable_datasets_are_read_per_minibatch_with_the_same_result():
+    ds = _BatchDataset(X)
+    pyro.clear_param_store()
+    a = fit(MLPPair(), X, epochs=2, batch_size=16, val_data=X[:8])["history"]
+    pyro.clear_param_store()
+    b = fit(MLPPair(), ds, epochs=2, batch_size=16, val_data=_BatchDataset(X[:8]))["history"]
+    assert ds.int_calls == 0
+    assert a["loss"].values.tolist() == b["loss"].values.tolist()
+    assert a["val_loss"].values.tolist() == b["val_loss"].values.tolist()
+    pyro.clear_param_store()
+    # validation draws from a forked RNG: it does not change the training trajectory
+    c = fit(MLPPair(), _ItemDataset(X), epochs=2, batch_size=16)["history"]
+    assert a["loss"].values.tolist() == c["loss"].values.tolist()
