@@ -70,7 +70,7 @@ def research_attack(vae, x1, ref1, eps, *, draws, maxiter, rng):
         return d * torch.clamp(eps / d.norm().clamp_min(1e-12), max=1.0)
 
     def fun(flat):
-        d = torch.as_tensor(flat, dtype=x1.dtype).reshape(x1.shape).requires_grad_(True)
+        d = torch.tensor(np.array(flat), dtype=x1.dtype).reshape(x1.shape).requires_grad_(True)
         xd = x1 + squash(d)
         total = 0.0
         for eta in etas:  # one encoder draw at a time
@@ -90,7 +90,7 @@ def research_attack(vae, x1, ref1, eps, *, draws, maxiter, rng):
         options={"maxiter": maxiter},
     )
     with torch.no_grad():
-        return squash(torch.as_tensor(res.x, dtype=x1.dtype).reshape(x1.shape))
+        return squash(torch.tensor(np.array(res.x), dtype=x1.dtype).reshape(x1.shape))
 
 
 def latent_dim(vae, x1):

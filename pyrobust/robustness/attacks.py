@@ -216,10 +216,11 @@ def _random_start(shape, eps, norm, gen, x):
 # the quantities attacked
 # --------------------------------------------------------------------------------------------
 def _reference(model, guide, x, latent_site, obs_site):
-    """g(mu(x)) for (B, *event) inputs, without gradient."""
+    """The reference g(mu(x)) for (B, *event) inputs and the latent dim, without gradient."""
     with torch.no_grad():
         loc, _ = guide_loc_scale(guide, x, latent_site=latent_site)
-        return model_mean(model, x, loc, latent_site=latent_site, obs_site=obs_site)
+        ref = model_mean(model, x, loc, latent_site=latent_site, obs_site=obs_site)
+    return ref, loc.shape[-1]
 
 
 def _distances(model, guide, x, delta, ref, eta, latent_site, obs_site):
@@ -232,12 +233,6 @@ def _distances(model, guide, x, delta, ref, eta, latent_site, obs_site):
     z = loc + eta * scale
     g = model_mean(model, x, z, latent_site=latent_site, obs_site=obs_site)
     return (g - ref).flatten(2).norm(dim=-1)
-
-
-def _latent_dim(guide, x, latent_site) -> int:
-    with torch.no_grad():
-        loc, _ = guide_loc_scale(guide, x[:1], latent_site=latent_site)
-    return loc.shape[-1]
 
 
 def _randn(k, b, d_z, gen, x):
@@ -329,7 +324,8 @@ def _lbfgs_one(objective, x, eps, norm, box, steps, gen):
         )
 
     def fun(flat):
-        d = torch.as_tensor(flat, dtype=x.dtype, device=x.device).reshape(x.shape)
+        # scipy may pass a read-only view (e.g. when all bounds are equal): copy it.
+        d = torch.tensor(np.array(flat), dtype=x.dtype, device=x.device).reshape(x.shape)
         d.requires_grad_(True)
         val = -objective(squash(d)).sum()
         (grad,) = torch.autograd.grad(val, d)
@@ -344,7 +340,7 @@ def _lbfgs_one(objective, x, eps, norm, box, steps, gen):
         bounds=bounds,
         options={"maxiter": steps},
     )
-    d = torch.as_tensor(res.x, dtype=x.dtype, device=x.device).reshape(x.shape)
+    d = torch.tensor(np.array(res.x), dtype=x.dtype, device=x.device).reshape(x.shape)
     with torch.no_grad():
         return _project(squash(d), x, eps, norm, box)
 
@@ -566,8 +562,7 @@ def max_damage_attack(
 
     n, e = x.shape[0], eps_grid.shape[0]
     event = tuple(x.shape[1:])
-    ref = _reference(model, guide, x, latent_site, obs_site)
-    d_z = _latent_dim(guide, x, latent_site)
+    ref, d_z = _reference(model, guide, x, latent_site, obs_site)
     # Fold the eps grid into the batch: row (j, i) is input i under budget eps_j.
     xe = x.repeat(e, *([1] * len(event)))
     refe = ref.repeat(e, *([1] * len(event)))

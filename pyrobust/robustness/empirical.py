@@ -45,7 +45,6 @@ from pyrobust.robustness.attacks import (
     _check_box,
     _check_positive,
     _check_x,
-    _latent_dim,
     _model_log_joint,
     _norm,
     _reference,
@@ -182,8 +181,7 @@ def empirical_margin(
     gen = make_generator(check_seed(seed), x.device)
 
     n, event = x.shape[0], tuple(x.shape[1:])
-    ref = _reference(model, guide, x, latent_site, obs_site)
-    d_z = _latent_dim(guide, x, latent_site)
+    ref, d_z = _reference(model, guide, x, latent_site, obs_site)
 
     def counts(idx, delta):
         return _robust_counts(

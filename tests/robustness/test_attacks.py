@@ -1,6 +1,7 @@
 """Attacks on the analytic linear-Gaussian VAE (THEORY sections 3 and 7) and on a small
 nonlinear VAE: optimum found, budget and box never left, seeds, errors."""
 
+import functools
 import math
 
 import numpy as np
@@ -124,7 +125,7 @@ def test_same_seed_same_answer_and_attrs():
 
 
 @settings(
-    max_examples=12,
+    max_examples=16,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
@@ -134,9 +135,10 @@ def test_same_seed_same_answer_and_attrs():
     eps=st.floats(0.0, 3.0),
     norm=st.sampled_from(["l2", "linf"]),
     restarts=st.integers(1, 2),
+    method=st.sampled_from(["pgd", "lbfgs"]),
     seed=st.integers(0, 2**16),
 )
-def test_attack_never_leaves_budget_or_box(n, shape, eps, norm, restarts, seed):
+def test_attack_never_leaves_budget_or_box(n, shape, eps, norm, restarts, method, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.rand((n, *shape), generator=g)
     x[0].view(-1)[0] = 0.0  # an input on the boundary of the box
@@ -149,6 +151,7 @@ def test_attack_never_leaves_budget_or_box(n, shape, eps, norm, restarts, seed):
         norm=norm,
         steps=4,
         restarts=restarts,
+        method=method,
         eot_samples=2,
         eval_samples=4,
         seed=seed,
@@ -279,3 +282,49 @@ def test_bad_input_raises_clear_errors():
         latent_attack(lg.model, lg.guide, x, target, divergence="js", **kw)
     with pytest.raises(TypeError, match=r"`x` must be a torch.Tensor"):
         max_damage_attack(lg.model, lg.guide, x.numpy(), eps=0.1, **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# a conv VAE trained on scikit-learn digits (slow: trains for ~30 s on one core)
+# --------------------------------------------------------------------------------------------
+@functools.cache
+def _digits_state(epochs=30, latent_dim=4):
+    from pyrobust.data.digits import load_digits
+    from pyrobust.inference.fit import fit
+
+    pyro.set_rng_seed(0)
+    pyro.clear_param_store()
+    x, _ = load_digits()
+    vae = _digits_vae(latent_dim)
+    fit(vae, x[:1500], epochs=epochs, batch_size=32, lr=2e-3, seed=0)
+    return {k: v.detach().clone() for k, v in vae.state_dict().items()}, x[1500:]
+
+
+def _digits_vae(latent_dim=4):
+    from pyrobust.models import VAE, ConvDecoder, ConvEncoder
+
+    kw = {"channels": (16, 32), "hidden": (64,)}
+    return VAE(
+        ConvEncoder((1, 8, 8), latent_dim, **kw),
+        ConvDecoder(latent_dim, (1, 8, 8), **kw),
+        likelihood="bernoulli",
+    )
+
+
+def trained_digits_vae():
+    """A conv VAE (d_z = 4) trained 30 epochs on 1500 digits, and the 297 held-out digits."""
+    state, test = _digits_state()
+    vae = _digits_vae()
+    vae.load_state_dict(state)
+    return vae.eval(), test
+
+
+@pytest.mark.slow
+def test_latent_attack_on_conv_vae_distance_falls_as_lam_falls():
+    vae, test = trained_digits_vae()
+    x, target = test[:4], test[10]
+    tree = latent_attack(vae.model, vae.guide, x, target, lam=np.geomspace(1e-4, 1e2, 8), seed=0)
+    dist_t = tree["robustness"]["recon_distance"].values  # (obs_id, lam), lam increasing
+    assert np.all(dist_t[:, 0] < 0.5 * dist_t[:, -1])
+    assert np.all(np.diff(dist_t, axis=-1) >= -0.05 * dist_t[:, -1:])
+    assert np.all(tree["robustness"]["distortion"].values[:, 0] > 0)
