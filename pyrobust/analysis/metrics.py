@@ -15,12 +15,55 @@ Defaults follow ``disentanglement_lib/config/unsupervised_study_v1/metric_config
 10 000 training and 5 000 evaluation points, 20 histogram bins, ``LinearSVC(C=0.01)`` for SAP,
 gradient boosted trees for DCI). Each function returns an ``xarray.DataTree`` with
 
-* a ``metrics`` group: the point estimates and, for each, an ``<name>_ci`` interval over
-  ``ci_bound = ["lower", "upper"]`` (percentile bootstrap at ``confidence``);
-* a ``bootstrap`` group (ArviZ sample group, ``(chain, draw)``) with the bootstrap replicates,
-  so ``arviz_stats.summary(tree, group="bootstrap")`` and ``arviz_stats.eti`` work on it;
+* a ``metrics`` group: the point estimates and, for each resampled one, an ``<name>_ci``
+  interval over ``ci_bound = ["lower", "upper"]`` at ``confidence`` (see *Notes*); with
+  ``num_bootstrap=0`` the ``_ci`` variables are there but NaN;
+* a ``bootstrap`` group (ArviZ sample group, ``(chain, draw)``, absent when
+  ``num_bootstrap=0``) with the centred replicates whose equal-tailed interval is ``_ci``, so
+  ``arviz_stats.summary(tree, group="bootstrap")`` and ``arviz_stats.eti`` agree with it;
 * the intermediate matrices (mutual information, SAP score matrix, DCI importance matrix) in a
   ``details`` group with dims ``(latent, factor)``.
+
+Notes
+-----
+**Intervals.** A naive percentile bootstrap (resample all rows with replacement, take
+quantiles of the recomputed metric) does not work for these metrics: its intervals often miss the point estimate
+altogether. The metrics are biased, non-smooth statistics (plug-in mutual information of a
+histogram, squared correlations, gaps between the two largest of several noisy scores,
+classifiers scored on their own training rows), and a resample is a *noisier* data set than the
+sample: duplicated rows add spurious co-occurrences to histogram cells and are memorised by
+classifiers, fewer distinct rows make every score noisier and the top-two gaps larger. The
+replicates therefore sit systematically above (or below) the estimate, and their percentiles
+describe that shifted distribution. Instead, each metric here
+
+1. resamples only what is random in its definition: rows without a fitted model
+   (:func:`mig` ``"histogram"``, :func:`sap` with continuous factors) or the training rows of
+   the refitted classifiers (:func:`dci`) by **half-sampling** -- ``n // 2`` distinct rows drawn
+   without replacement, so no duplicates -- with deviations rescaled by
+   :math:`\sqrt{m/(n-m)}` (:math:`=1` at :math:`m = n/2`), the finite-population factor that
+   gives a subsample mean's deviation :math:`\bar x_m - \bar x_n` the variance of
+   :math:`\bar x_n` (the usual :math:`\sqrt{m/n}` of m-out-of-n subsampling is its
+   :math:`m \ll n` limit, and at :math:`m = n/2` it would halve the variance); and evaluation
+   rows scored by a classifier fitted once (SAP test rows, DCI test rows, BetaVAE and FactorVAE
+   evaluation points) or Monte Carlo draws (:func:`mig` ``"sampled"``) by the ordinary
+   bootstrap with replacement, which is unbiased for such means of per-row outcomes (a
+   duplicated row is just a weight; nothing is refitted on it);
+2. centres the replicates :math:`T^\ast_b` on their own median and reflects the deviations
+   around the point estimate :math:`T` (basic bootstrap),
+   :math:`[T - q_{1-\alpha/2}(d),\ T - q_{\alpha/2}(d)]` with
+   :math:`d_b = s\,(T^\ast_b - \operatorname{med} T^\ast)`, clipped to the metric's range
+   :math:`[0, 1]`. Centring removes the resampling-induced shift of step 1, so the interval
+   always contains :math:`T`.
+
+The interval describes the sampling variability of the metric *as computed by this protocol at
+this sample size*: its target is the centre (median) of the estimator's sampling distribution at
+the given ``N``. It does not remove the finite-sample bias of the estimators themselves (e.g.
+MIG and SAP of independent codes are slightly positive at finite ``N``, and plug-in MIG of
+informative codes slightly low), so compare models at equal ``N`` and settings, as
+disentanglement_lib does. Intervals conditional on a fitted classifier (SAP, BetaVAE, FactorVAE)
+leave out the variability of the training sample. The interval's ends are order statistics of
+``num_bootstrap`` replicates: use about 100 or more for a 95 % interval (DCI's default of 10,
+kept because each replicate refits the classifiers, gives only a rough range).
 
 References
 ----------
@@ -118,8 +161,65 @@ def _check_positive_int(value: Any, argname: str, minimum: int = 1) -> int:
 
 
 def _interval(replicates: np.ndarray, confidence: float) -> np.ndarray:
+    """Equal-tailed interval of the (already centred) replicates; NaN when there are none."""
+    if replicates.size == 0:
+        return np.full(2, np.nan)
     alpha = (1.0 - confidence) / 2.0
     return np.quantile(replicates, [alpha, 1.0 - alpha])
+
+
+def _centred(
+    point: float,
+    replicates: np.ndarray,
+    *,
+    scale: float = 1.0,
+    bounds: tuple[float, float] = (0.0, 1.0),
+) -> np.ndarray:
+    r"""Replicates turned into draws whose equal-tailed interval is the metric's interval.
+
+    The deviations :math:`d_b = s\,(T^\ast_b - \operatorname{med}_b T^\ast_b)` stand for
+    :math:`T - \operatorname{med} T`, the spread of the estimator around the centre of its
+    sampling distribution (``scale`` :math:`s` rescales subsample deviations to the full
+    sample size). Centring on the replicates' own median removes the shift that resampling
+    itself gives a biased or non-smooth statistic (a resample is a noisier data set: plug-in
+    mutual information, squared correlations and top-two gaps all grow with noise). Returns
+    :math:`\operatorname{clip}(T - d_b)`, the basic-bootstrap reflection: their quantiles are
+    :math:`[T - q_{1-\alpha/2}(d),\ T - q_{\alpha/2}(d)]`, which always contain :math:`T`
+    because :math:`q_{\alpha/2}(d) \le 0 \le q_{1-\alpha/2}(d)`; clipping to the metric's
+    range keeps that. Empty in, empty out (``num_bootstrap=0``).
+    """
+    reps = np.asarray(replicates, dtype=np.float64)
+    if reps.size == 0:
+        return reps
+    return np.clip(point - scale * (reps - np.median(reps)), *bounds)
+
+
+def _half_samples(
+    pool: np.ndarray, num_bootstrap: int, rng: np.random.Generator
+) -> tuple[np.ndarray, float]:
+    r"""``num_bootstrap`` subsamples of ``m = n // 2`` rows of ``pool`` drawn without replacement.
+
+    Returns the (B, m) row indices and the factor :math:`\sqrt{m / (n - m)}` that rescales
+    subsample deviations to the variance of the full-sample estimator: for a mean,
+    :math:`\operatorname{Var}(\bar x_m - \bar x_n) = s^2 (1/m - 1/n)` exactly (finite-population
+    correction), so :math:`\frac{m}{n-m}\operatorname{Var}(\bar x_m - \bar x_n) = s^2/n`. (The
+    textbook :math:`\sqrt{m/n}` of m-out-of-n subsampling is its :math:`m \ll n` limit; at
+    :math:`m = n/2` it would halve the variance.)
+    """
+    n = pool.shape[0]
+    if n < 4:
+        raise ValueError(
+            f"too few points ({n}) for a subsampling interval (needs at least 4); "
+            "pass num_bootstrap=0 for the point estimate alone."
+        )
+    m = n // 2
+    idx = rng.permuted(np.broadcast_to(np.arange(n), (num_bootstrap, n)), axis=1)[:, :m]
+    return pool[idx], math.sqrt(m / (n - m))
+
+
+def _resample_rows(n: int, num_bootstrap: int, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap row indices (B, n), with replacement: only for means of per-row outcomes."""
+    return rng.integers(0, n, size=(num_bootstrap, n))
 
 
 def _result(
@@ -131,6 +231,7 @@ def _result(
     coords: Mapping[str, Any] | None = None,
     attrs: Mapping[str, Any],
 ) -> xr.DataTree:
+    """``replicates`` are centred (:func:`_centred`); an empty array gives a NaN interval."""
     metrics: dict[str, tuple[Sequence[str], Any]] = {}
     for name, value in point.items():
         metrics[name] = ((), np.float64(value))
@@ -304,9 +405,14 @@ def mig(
     factor_names : sequence of str, optional
         Coordinates of the ``factor`` dim.
     num_bootstrap : int, default 100
-        Bootstrap replicates for the interval: rows resampled with replacement
-        (``"histogram"``, bins fixed from the full sample) or Monte Carlo draws resampled
-        (``"sampled"``).
+        Replicates for ``mig_<estimator>_ci`` (module *Notes*). ``"histogram"``: half-samples
+        of the rows without replacement (bins fixed from the full sample), because duplicated
+        rows inflate plug-in mutual information; ``"sampled"``: bootstrap of the Monte Carlo
+        draws (their per-draw log-densities are averaged, so duplicates only weight them); this
+        interval covers the Monte Carlo error only, as the N inputs define the mixture and are
+        not resampled.
+        Either way the replicates are median-centred deviations reflected around the estimate,
+        so the interval contains it. ``0``: no ``bootstrap`` group and a NaN interval.
     confidence : float, default 0.95
     seed : int, default 0
 
@@ -347,11 +453,13 @@ def mig(
         point = float(_gap(mi, h))
         reps = np.empty(0)
         if num_bootstrap:
-            idx = rng.integers(0, N, size=(num_bootstrap, N))
+            idx, rescale = _half_samples(np.arange(N), num_bootstrap, rng)
             lb = labels[idx]
-            reps = _gap(
+            raw = _gap(
                 _discrete_mi(disc[idx], lb, num_bins, max(sizes)), _entropy_counts(lb, sizes)
             )
+            reps = _centred(point, raw, scale=rescale)
+            attrs["interval"] = "half-sampling without replacement, median-centred deviations"
         attrs["num_bins"] = num_bins
     else:
         if scale is None:
@@ -369,12 +477,13 @@ def mig(
             M = per_marg.shape[0]
             idx = rng.integers(0, M, size=(num_bootstrap, M))
             mi_b = per_marg[idx].mean(1)[:, :, None] - per_cond[idx].mean(1)  # (B, L, K)
-            reps = _gap(np.maximum(mi_b, 0.0), h[None])
+            reps = _centred(point, _gap(np.maximum(mi_b, 0.0), h[None]))
+            attrs["interval"] = "bootstrap of Monte Carlo draws, median-centred deviations"
         attrs["num_samples"] = num_samples
     name = f"mig_{estimator}"
     return _result(
         {name: point},
-        {name: reps} if num_bootstrap else {},
+        {name: reps},
         confidence=confidence,
         details={
             "mutual_information": (("latent", "factor"), mi),
@@ -468,19 +577,27 @@ def _sap_continuous(c: np.ndarray, f: np.ndarray) -> np.ndarray:
 
 
 def _sap_discrete(c_tr, f_tr, c_te, f_te) -> np.ndarray:
+    """Per-test-row correctness (L, K, n_test) of one ``LinearSVC`` per (code, factor) pair."""
     from sklearn.svm import LinearSVC
 
     L, K = c_tr.shape[1], f_tr.shape[1]
-    score = np.zeros((L, K))
+    correct = np.zeros((L, K, c_te.shape[0]), dtype=bool)
     for i in range(L):  # one 1-D classifier per (code, factor) pair, as disentanglement_lib
         for k in range(K):
             if np.unique(f_tr[:, k]).size < 2:
-                score[i, k] = np.mean(f_te[:, k] == f_tr[0, k])
+                correct[i, k] = f_te[:, k] == f_tr[0, k]
                 continue
             clf = LinearSVC(C=0.01, class_weight="balanced")
             clf.fit(c_tr[:, i : i + 1], f_tr[:, k])
-            score[i, k] = np.mean(clf.predict(c_te[:, i : i + 1]) == f_te[:, k])
-    return score
+            correct[i, k] = clf.predict(c_te[:, i : i + 1]) == f_te[:, k]
+    return correct
+
+
+def _weighted_accuracy(correct: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Accuracies of ``correct`` (..., n) on each bootstrap row set ``idx`` (B, n) -> (B, ...)."""
+    n = correct.shape[-1]
+    counts = np.stack([np.bincount(row, minlength=n) for row in idx])  # (B, n)
+    return np.moveaxis(correct.astype(np.float64) @ counts.T, -1, 0) / idx.shape[1]
 
 
 def _top_two(score: np.ndarray) -> np.ndarray:
@@ -529,8 +646,14 @@ def sap(
     test_fraction : float, default 1/3
     factor_names : sequence of str, optional
     num_bootstrap : int, default 100
-        Replicates resampling the training and the test rows with replacement (each replicate
-        refits the ``L * K`` classifiers when the factors are discrete).
+        Replicates for ``sap_ci`` (module *Notes*). Discrete factors: the ``L * K`` classifiers
+        fitted for the estimate are kept and the test rows are bootstrapped (refitting on a
+        resample with duplicated rows, and scoring the top-two gap of noisier classifiers,
+        shifts every replicate upward). Continuous factors: half-samples of the rows without
+        replacement (squared correlations are biased upward on small samples). Either way the
+        replicates are median-centred deviations reflected around the estimate, so the
+        interval contains it; the discrete interval is conditional on the fitted classifiers.
+        ``0``: no ``bootstrap`` group and a NaN interval.
     confidence : float, default 0.95
     seed : int, default 0
 
@@ -550,26 +673,29 @@ def sap(
         point = float(_top_two(score))
         reps = np.empty(0)
         if num_bootstrap:
-            idx = rng.integers(0, N, size=(num_bootstrap, N))
-            reps = _top_two(_sap_continuous(c[idx], fv[idx]))
+            idx, rescale = _half_samples(np.arange(N), num_bootstrap, rng)
+            reps = _centred(point, _top_two(_sap_continuous(c[idx], fv[idx])), scale=rescale)
+        interval = "half-sampling without replacement, median-centred deviations"
     else:
         labels, _ = _discrete_factors(f)
         tr, te = _split(N, test_fraction, rng)
-        score = _sap_discrete(c[tr], labels[tr], c[te], labels[te])
+        correct = _sap_discrete(c[tr], labels[tr], c[te], labels[te])
+        score = correct.mean(-1)
         point = float(_top_two(score))
-        reps = np.empty(num_bootstrap)
-        for b in range(num_bootstrap):  # each replicate refits the classifiers
-            btr = rng.choice(tr, size=tr.size)
-            bte = rng.choice(te, size=te.size)
-            reps[b] = _top_two(_sap_discrete(c[btr], labels[btr], c[bte], labels[bte]))
+        reps = np.empty(0)
+        if num_bootstrap:  # the fitted classifiers are kept; only the test rows are resampled
+            raw = _top_two(_weighted_accuracy(correct, _resample_rows(te.size, num_bootstrap, rng)))
+            reps = _centred(point, raw)
+        interval = "bootstrap of the test rows (classifiers fixed), median-centred deviations"
     return _result(
         {"sap": point},
-        {"sap": reps} if num_bootstrap else {},
+        {"sap": reps},
         confidence=confidence,
         details={"score_matrix": (("latent", "factor"), score)},
         coords={"latent": np.arange(L), "factor": _factor_coords(K, factor_names)},
         attrs={
             "metric": "sap",
+            "interval": interval,
             "continuous_factors": bool(continuous_factors),
             "test_fraction": float(test_fraction),
             "num_points": N,
@@ -626,23 +752,25 @@ def dci_from_importance(importance: Any) -> dict[str, float]:
 
 
 def _importance_gbt(c_tr, f_tr, c_te, f_te, model_kwargs):
+    """Importances (L, K) and per-row correctness on the training rows (K, n_train) and the test
+    rows (K, n_test) of one classifier per factor."""
     from sklearn.ensemble import GradientBoostingClassifier
 
     L, K = c_tr.shape[1], f_tr.shape[1]
     imp = np.zeros((L, K))
-    acc_tr = np.zeros(K)
-    acc_te = np.zeros(K)
+    correct_tr = np.zeros((K, c_tr.shape[0]), dtype=bool)
+    correct_te = np.zeros((K, c_te.shape[0]), dtype=bool)
     for k in range(K):  # one classifier per factor, as disentanglement_lib
         if np.unique(f_tr[:, k]).size < 2:
-            acc_tr[k] = 1.0
-            acc_te[k] = np.mean(f_te[:, k] == f_tr[0, k])
+            correct_tr[k] = True
+            correct_te[k] = f_te[:, k] == f_tr[0, k]
             continue
         model = GradientBoostingClassifier(**model_kwargs)
         model.fit(c_tr, f_tr[:, k])
         imp[:, k] = np.abs(model.feature_importances_)
-        acc_tr[k] = np.mean(model.predict(c_tr) == f_tr[:, k])
-        acc_te[k] = np.mean(model.predict(c_te) == f_te[:, k])
-    return imp, float(acc_tr.mean()), float(acc_te.mean())
+        correct_tr[k] = model.predict(c_tr) == f_tr[:, k]
+        correct_te[k] = model.predict(c_te) == f_te[:, k]
+    return imp, correct_tr, correct_te
 
 
 def dci(
@@ -677,7 +805,17 @@ def dci(
         ``seed``).
     factor_names : sequence of str, optional
     num_bootstrap : int, default 10
-        Replicates resampling train and test rows, each refitting the K classifiers.
+        Replicates for the ``_ci`` intervals (module *Notes*), each refitting the K
+        classifiers on a half-sample of the training rows drawn without replacement (a
+        bootstrap resample's duplicated rows are memorised by the trees, which inflates the
+        training accuracy and changes the importances). Disentanglement, completeness and
+        ``informativeness_train`` are functions of the training set alone and take their
+        deviations from these refits; ``informativeness_test`` adds those of the classifiers
+        fitted for the estimate, scored on bootstrap resamples of the test rows (the test set
+        never shares rows with the training set). Deviations are median-centred and
+        reflected around the estimate, so each interval contains it. 10 replicates give only a
+        rough range; use more where the refits are affordable. ``0``: no ``bootstrap`` group
+        and NaN intervals.
     confidence : float, default 0.95
     seed : int, default 0
 
@@ -696,27 +834,41 @@ def dci(
     kwargs = {"random_state": seed, **(model_kwargs or {})}
     tr, te = _split(N, test_fraction, rng)
 
-    def scores(itr, ite):
-        imp, a_tr, a_te = _importance_gbt(c[itr], labels[itr], c[ite], labels[ite], kwargs)
-        out = dci_from_importance(imp)
-        out["informativeness_train"] = a_tr
-        out["informativeness_test"] = a_te
-        return out, imp
-
-    point, imp = scores(tr, te)
-    reps: dict[str, np.ndarray] = {k: np.empty(num_bootstrap) for k in point}
-    for b in range(num_bootstrap):  # each replicate refits the classifiers
-        s, _ = scores(rng.choice(tr, size=tr.size), rng.choice(te, size=te.size))
-        for k, v in s.items():
-            reps[k][b] = v
+    imp, correct_tr, correct_te = _importance_gbt(c[tr], labels[tr], c[te], labels[te], kwargs)
+    point = dci_from_importance(imp)
+    point["informativeness_train"] = float(correct_tr.mean())
+    point["informativeness_test"] = float(correct_te.mean())
+    reps: dict[str, np.ndarray] = {k: np.empty(0) for k in point}
+    if num_bootstrap:
+        # training-set variability: refit the K classifiers on half-samples of the training rows
+        sub, rescale = _half_samples(tr, num_bootstrap, rng)
+        raw = {k: np.empty(num_bootstrap) for k in point}
+        for b in range(num_bootstrap):  # each replicate refits the K classifiers
+            imp_b, ctr_b, cte_b = _importance_gbt(
+                c[sub[b]], labels[sub[b]], c[te], labels[te], kwargs
+            )
+            for k, v in dci_from_importance(imp_b).items():
+                raw[k][b] = v
+            raw["informativeness_train"][b] = ctr_b.mean()
+            raw["informativeness_test"][b] = cte_b.mean()
+        dev = {k: rescale * (v - np.median(v)) for k, v in raw.items()}
+        # test-set variability of the test accuracy: the fitted classifiers scored on bootstrap
+        # resamples of the test rows (a mean of per-row outcomes), independent of the above
+        test = _weighted_accuracy(correct_te, _resample_rows(te.size, num_bootstrap, rng)).mean(-1)
+        dev["informativeness_test"] = dev["informativeness_test"] + test - np.median(test)
+        reps = {k: _centred(point[k], point[k] + d) for k, d in dev.items()}
     return _result(
         point,
-        reps if num_bootstrap else {},
+        reps,
         confidence=confidence,
         details={"importance": (("latent", "factor"), imp)},
         coords={"latent": np.arange(L), "factor": _factor_coords(K, factor_names)},
         attrs={
             "metric": "dci",
+            "interval": (
+                "half-sampling of the training rows (refits), plus for informativeness_test a "
+                "bootstrap of the test rows (classifiers fixed); median-centred deviations"
+            ),
             "importance_model": "GradientBoostingClassifier",
             "model_kwargs": dict(kwargs),
             "test_fraction": float(test_fraction),
@@ -821,7 +973,10 @@ def beta_vae_score(
     max_batch : int, default 4096
         Images passed to ``representation`` at once.
     num_bootstrap : int, default 100
-        Replicates resampling the evaluation points (the classifier is fixed).
+        Replicates for ``beta_vae_ci``: bootstrap of the evaluation points with the classifier
+        fixed (a mean of per-point outcomes; median-centred and reflected as in the module
+        *Notes*), so the interval is conditional on the fitted classifier. ``beta_vae_train``
+        has no interval. ``0``: no ``bootstrap`` group and a NaN interval.
     confidence : float, default 0.95
     seed : int, default 0
 
@@ -847,13 +1002,15 @@ def beta_vae_score(
     train_acc = float(np.mean(model.predict(x_tr) == y_tr))
     x_ev, y_ev = _beta_vae_points(representation, dataset, K, batch_size, num_eval, rng, max_batch)
     correct = (model.predict(x_ev) == y_ev).astype(np.float64)
-    reps = correct[rng.integers(0, num_eval, size=(num_bootstrap, num_eval))].mean(1)
+    point = float(correct.mean())
+    raw = correct[_resample_rows(num_eval, num_bootstrap, rng)].mean(1)
     return _result(
-        {"beta_vae": float(correct.mean()), "beta_vae_train": train_acc},
-        {"beta_vae": reps} if num_bootstrap else {},
+        {"beta_vae": point, "beta_vae_train": train_acc},
+        {"beta_vae": _centred(point, raw)},
         confidence=confidence,
         attrs={
             "metric": "beta_vae",
+            "interval": "bootstrap of the evaluation points (classifier fixed)",
             "batch_size": batch_size,
             "num_train": num_train,
             "num_eval": num_eval,
@@ -932,7 +1089,10 @@ def factor_vae_score(
         disentanglement_lib's ``prune_dims.threshold`` in its metric configs.
     max_batch : int, default 4096
     num_bootstrap : int, default 100
-        Replicates resampling the evaluation votes (the classifier is fixed).
+        Replicates for ``factor_vae_ci``: bootstrap of the evaluation votes with the
+        majority-vote classifier fixed (median-centred and reflected as in the module
+        *Notes*), so the interval is conditional on the classifier. ``0``, or no active code:
+        no ``bootstrap`` group and a NaN interval.
     confidence : float, default 0.95
     seed : int, default 0
 
@@ -958,6 +1118,7 @@ def factor_vae_score(
     L = global_var.shape[0]
     attrs = {
         "metric": "factor_vae",
+        "interval": "bootstrap of the evaluation votes (classifier fixed)",
         "batch_size": batch_size,
         "num_train": num_train,
         "num_eval": num_eval,
@@ -970,7 +1131,7 @@ def factor_vae_score(
     votes = np.zeros((K, L))
     if not active.any():
         point = {"factor_vae": 0.0, "factor_vae_train": 0.0, "num_active_dims": 0.0}
-        reps: dict[str, np.ndarray] = {}
+        reps: dict[str, np.ndarray] = {"factor_vae": np.empty(0)}  # no votes: NaN interval
     else:
         k_tr, j_tr = _factor_vae_votes(
             representation, dataset, K, batch_size, num_train, rng, max_batch, global_var, active
@@ -986,15 +1147,8 @@ def factor_vae_score(
             "factor_vae_train": factor_vae_accuracy(votes),
             "num_active_dims": float(active.sum()),
         }
-        reps = (
-            {
-                "factor_vae": correct[
-                    rng.integers(0, num_eval, size=(num_bootstrap, num_eval))
-                ].mean(1)
-            }
-            if num_bootstrap
-            else {}
-        )
+        raw = correct[_resample_rows(num_eval, num_bootstrap, rng)].mean(1)
+        reps = {"factor_vae": _centred(point["factor_vae"], raw)}
     return _result(
         point,
         reps,

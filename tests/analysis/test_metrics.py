@@ -121,6 +121,9 @@ def test_beta_vae_score_limits():
     chance = beta_vae_score(NoiseRepresentation(), data, **kw)
     assert _value(chance, "beta_vae") == pytest.approx(1 / 3, abs=0.08)
     assert chance.attrs["chance_level"] == pytest.approx(1 / 3)
+    lo, hi = chance["metrics"]["beta_vae_ci"].values
+    assert lo <= _value(chance, "beta_vae") <= hi
+    assert lo < 1 / 3 < hi  # the population accuracy of independent codes is chance
 
 
 def test_factor_vae_score_limits():
@@ -131,6 +134,8 @@ def test_factor_vae_score_limits():
     assert list(perfect["details"]["factor"].values) == list(data.factor_names)
     chance = factor_vae_score(NoiseRepresentation(), data, **kw)
     assert _value(chance, "factor_vae") == pytest.approx(1 / 3, abs=0.08)
+    lo, hi = chance["metrics"]["factor_vae_ci"].values
+    assert lo <= _value(chance, "factor_vae") <= hi
 
 
 def test_factor_vae_prunes_collapsed_codes():
@@ -301,3 +306,112 @@ def test_mig_sampled_runs_on_the_device_of_its_inputs(grid):
         num_bootstrap=10,
     )
     assert _value(out, "mig_sampled") == pytest.approx(1.0, abs=0.03)
+
+
+# ---------------------------------------------------------------------------- intervals
+
+
+def _ci(tree, name):
+    return tree["metrics"][f"{name}_ci"].values
+
+
+_SMALL_TREES = {"n_estimators": 10, "max_depth": 2}
+
+
+def _examples():
+    """(name, codes, factors): independent codes (the reported failure) and structured ones."""
+    rng = np.random.default_rng(11)
+    n = 300
+    noise_f = rng.integers(0, 3, (n, 5))
+    f = np.stack([rng.integers(0, s, n) for s in (3, 4, 5)], axis=1)
+    mixed = np.concatenate([f[:, :2] + 0.7 * rng.standard_normal((n, 2)), rng.random((n, 2))], 1)
+    entangled = np.stack([f[:, 0] + f[:, 1], f[:, 1] - f[:, 2], f[:, 2]], 1) + 0.3 * (
+        rng.standard_normal((n, 3))
+    )
+    return [
+        ("independent", rng.standard_normal((n, 4)), noise_f),
+        ("partly informative", mixed, f),
+        ("entangled", entangled, f),
+        ("perfect", f.astype(float), f),
+    ]
+
+
+@pytest.mark.parametrize("case", _examples(), ids=lambda c: c[0])
+def test_intervals_contain_the_estimate(case):
+    # a naive percentile bootstrap put e.g. MIG 0.0069 of independent codes in [0.013, 0.021]
+    _, codes, factors = case
+    runs = [
+        ("mig_histogram", mig(codes, factors, num_bootstrap=30)),
+        (
+            "mig_sampled",
+            mig(
+                codes,
+                factors,
+                estimator="sampled",
+                scale=np.full(codes.shape, 0.3),
+                num_samples=200,
+                num_bootstrap=30,
+            ),
+        ),
+        ("sap", sap(codes, factors, num_bootstrap=30)),
+        ("sap", sap(codes, factors, continuous_factors=True, num_bootstrap=30)),
+    ]
+    tree = dci(codes, factors, model_kwargs=_SMALL_TREES, num_bootstrap=4)
+    runs += [(name, tree) for name in tree["metrics"].data_vars if not name.endswith("_ci")]
+    for name, out in runs:
+        lo, hi = _ci(out, name)
+        assert 0.0 <= lo <= _value(out, name) <= hi <= 1.0, (name, lo, _value(out, name), hi)
+        # the stored replicates are those whose equal-tailed interval is the reported one
+        reps = out["bootstrap"][name].values.ravel()
+        np.testing.assert_allclose(np.quantile(reps, [0.025, 0.975]), [lo, hi], atol=1e-12)
+
+
+def test_mig_interval_brackets_a_known_population_value():
+    # binary factor v, code z = v / 2 + U(0, 1): half of each class's mass lies in [0.5, 1),
+    # where v is a coin flip, the other half determines v; 15 bins over [0, 1.5] put edges at
+    # 0.5 and 1. So I(z_k; v_k) = H(v_k) / 2, I(z_j; v_k) = 0 for j != k: MIG = 1/2.
+    rng = np.random.default_rng(0)
+    f = rng.integers(0, 2, (20000, 2))
+    out = mig(0.5 * f + rng.random(f.shape), f, num_bins=15, num_bootstrap=50)
+    lo, hi = _ci(out, "mig_histogram")
+    assert lo < 0.5 < hi
+    assert hi - lo < 0.02
+
+
+def test_sap_interval_brackets_a_known_population_value():
+    # z_k = v_k + 2 eps, v_k uniform on 0..9 (variance 8.25): corr^2 = 8.25 / 12.25 for the
+    # matching code and 0 for the others, so SAP = 8.25 / 12.25
+    rng = np.random.default_rng(0)
+    f = rng.integers(0, 10, (4000, 2))
+    codes = np.concatenate([f + 2.0 * rng.standard_normal(f.shape), rng.random((4000, 1))], 1)
+    out = sap(codes, f, continuous_factors=True, num_bootstrap=50)
+    lo, hi = _ci(out, "sap")
+    assert lo < 8.25 / 12.25 < hi
+    assert hi - lo < 0.05
+
+
+def test_half_samples_have_no_duplicates_and_full_sample_variance():
+    from pyrobust.analysis.metrics import _half_samples
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(200)
+    idx, rescale = _half_samples(np.arange(200), 4000, rng)
+    assert idx.shape == (4000, 100)
+    assert all(np.unique(row).size == 100 for row in idx[:50])
+    # rescaled deviations of a half-sample mean have the variance of the full-sample mean
+    dev = rescale * (x[idx].mean(1) - x.mean())
+    assert dev.var() == pytest.approx(x.var(ddof=1) / 200, rel=0.1)
+
+
+def test_no_bootstrap_gives_nan_intervals_and_no_bootstrap_group(grid):
+    factors, noise = grid
+    codes, factors = noise[:300], factors[:300]
+    trees = {
+        "mig_histogram": mig(codes, factors, num_bootstrap=0),
+        "sap": sap(codes, factors, num_bootstrap=0),
+        "disentanglement": dci(codes, factors, model_kwargs=_SMALL_TREES, num_bootstrap=0),
+    }
+    for name, tree in trees.items():
+        assert np.isfinite(_value(tree, name))
+        assert np.isnan(_ci(tree, name)).all()
+        assert "bootstrap" not in tree.children
