@@ -116,15 +116,17 @@ def bench_case(name, objective, x, args):
     # warm-up (allocator, param registration)
     torch_epoch(t_enc, t_dec, opt, x[: 4 * args.batch_size], args.batch_size, tc)
     svi_epoch(vae, svi, x[: 4 * args.batch_size], args.batch_size)
-    for _ in range(args.repeats):
-        timed("torch", lambda: torch_epoch(t_enc, t_dec, opt, x, args.batch_size, tc))
-        timed("svi", lambda: svi_epoch(vae, svi, x, args.batch_size))
-        timed(
-            "fit",
-            lambda: fit(
-                vae, x, elbo=elbo, epochs=1, batch_size=args.batch_size, lr=1e-3, progress=False
-            ),
-        )
+    runs = {
+        "torch": lambda: torch_epoch(t_enc, t_dec, opt, x, args.batch_size, tc),
+        "svi": lambda: svi_epoch(vae, svi, x, args.batch_size),
+        "fit": lambda: fit(
+            vae, x, elbo=elbo, epochs=1, batch_size=args.batch_size, lr=1e-3, progress=False
+        ),
+    }
+    order = list(runs)
+    for r in range(args.repeats):  # rotate the order: no loop always runs first or last
+        for key in order[r % 3 :] + order[: r % 3]:
+            timed(key, runs[key])
     med = {k: statistics.median(v) for k, v in times.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     return {
@@ -148,16 +150,17 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument(
+        "--cases", nargs="+", choices=["vae", "beta_tc"], default=["vae", "beta_tc"]
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.repeats = 2048, 1
     if args.threads:
         torch.set_num_threads(args.threads)
     x = make_data(args.n, args.dim)
-    rows = [
-        bench_case("VAE (BetaELBO(1))", "vae", x, args),
-        bench_case("beta-TCVAE (MSS)", "beta_tc", x, args),
-    ]
+    names = {"vae": "VAE (BetaELBO(1))", "beta_tc": "beta-TCVAE (MSS)"}
+    rows = [bench_case(names[c], c, x, args) for c in args.cases]
     print(
         f"\nOne epoch, N={args.n}, x in {{0,1}}^{args.dim}, MLP {args.hidden}, "
         f"d_z={args.latent}, batch {args.batch_size}, torch threads {torch.get_num_threads()}, "
