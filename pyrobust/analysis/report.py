@@ -57,6 +57,9 @@ def _short(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+_PIXEL_DIMS = {"channel", "row", "col", "feature"}
+
+
 def _dataset_table(ds: xr.Dataset) -> str:
     """A table of a summary group: scalars in one row, else one row per coordinate tuple."""
     ds = ds.drop_attrs() if hasattr(ds, "drop_attrs") else ds
@@ -66,9 +69,23 @@ def _dataset_table(ds: xr.Dataset) -> str:
         cells = "".join(f"<th>{html.escape(str(k))}</th>" for k in scalars)
         vals = "".join(f"<td>{_fmt(v.values)}</td>" for v in scalars.values())
         out += f"<table><tr>{cells}</tr><tr>{vals}</tr></table>"
-    rest = ds[[k for k in ds.data_vars if k not in scalars]]
-    if rest.data_vars:
-        frame = rest.to_dataframe()
+    # One table per set of dims: variables on different dims (e.g. per-step and per-epoch
+    # training curves) must not be cross-joined into one frame.
+    # Images and other per-pixel arrays are listed by shape, not printed value by value.
+    by_dims: dict[tuple, list] = {}
+    arrays = []
+    for k, v in ds.data_vars.items():
+        if k in scalars:
+            continue
+        if _PIXEL_DIMS & set(v.dims):
+            shape = ", ".join(f"{d}: {n}" for d, n in v.sizes.items())
+            arrays.append(f"<li><code>{html.escape(str(k))}</code> ({html.escape(shape)})</li>")
+        else:
+            by_dims.setdefault(v.dims, []).append(k)
+    if arrays:
+        out += f"<p class='small'>arrays:</p><ul class='small'>{''.join(arrays)}</ul>"
+    for names in by_dims.values():
+        frame = ds[names].to_dataframe()[names]
         note = ""
         if len(frame) > _MAX_ROWS:
             note = f"<p class='small'>first {_MAX_ROWS} of {len(frame)} rows</p>"

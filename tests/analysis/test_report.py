@@ -97,3 +97,22 @@ def test_report_renders_in_headless_chromium(tmp_path):
     colours = np.unique((pixels.reshape(-1, 3) * 255).astype(np.uint8), axis=0)
     assert len(colours) > 50
     assert (pixels.mean(-1) < 0.9).mean() > 0.02
+
+
+def test_tables_keep_dims_apart_and_list_images_by_shape(tmp_path):
+    import xarray as xr
+
+    steps, epochs = 40, 4
+    ds = xr.Dataset(
+        {
+            "loss": (("step",), np.arange(steps, dtype=float)),
+            "val_loss": (("epoch",), np.arange(epochs, dtype=float)),
+            "x": (("obs_id", "row", "col"), np.zeros((3, 8, 8))),
+        }
+    )
+    tree = xr.DataTree()
+    tree["history"] = xr.DataTree(ds)
+    text = report(tree, tmp_path / "out").read_text()
+    # per-step and per-epoch curves are separate tables, not a 40 x 4 cross join
+    assert f"of {steps * epochs} rows" not in text and f"of {steps} rows" in text
+    assert "<code>x</code> (obs_id: 3, row: 8, col: 8)" in text
