@@ -76,11 +76,9 @@ class _SiteELBO(TraceMeanField_ELBO):
 
     Subclasses implement :meth:`_latent_term`, returning the latent site's contribution to the
     ELBO (a scalar tensor, to be *added*) and a dict of detached scalar terms to log.
-    Coefficients named in ``_coefficients`` may be numbers or
+    Coefficients, registered with :meth:`_set_coefficient`, may be numbers or
     :class:`~pyrobust.inference.schedules.Schedule` s; :meth:`set_step` advances them.
     """
-
-    _coefficients: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -174,7 +172,7 @@ class _SiteELBO(TraceMeanField_ELBO):
 
         ``loss`` is the value returned; ``reconstruction`` the expected log-likelihood of the
         observed sites; ``kl`` the KL term of the latent site (unweighted); subclasses add
-        their own (``mi``, ``tc``, ``dwkl``, ``capacity``, ...).
+        their own (``mi``, ``tc``, ``dwkl``, ``capacity_penalty``, ``dip_offdiag``, ...).
         """
         if self._acc:
             n = self.num_particles
@@ -313,8 +311,6 @@ class BetaELBO(_SiteELBO):
        Variational Framework*. ICLR 2017.
     """
 
-    _coefficients = ("beta",)
-
     def __init__(self, beta=1.0, *, latent_site: str = "z", **kwargs):
         super().__init__(latent_site=latent_site, **kwargs)
         self._set_coefficient("beta", beta)
@@ -351,8 +347,6 @@ class CapacityELBO(_SiteELBO):
     .. [1] Burgess, Higgins, Pal, Matthey, Watters, Desjardins, Lerchner. *Understanding
        disentangling in beta-VAE*. arXiv:1804.03599, 2018.
     """
-
-    _coefficients = ("gamma", "capacity")
 
     def __init__(self, gamma=1000.0, capacity=0.0, *, latent_site: str = "z", **kwargs):
         super().__init__(latent_site=latent_site, **kwargs)
@@ -573,8 +567,6 @@ class BetaTCELBO(_SiteELBO):
        Autoencoders*. NeurIPS 2018.
     """
 
-    _coefficients = ("alpha", "beta", "gamma")
-
     def __init__(
         self,
         alpha=1.0,
@@ -718,8 +710,6 @@ class FactorVAELoss(_SiteELBO):
     ----------
     .. [1] Kim, Mnih. *Disentangling by Factorising*. ICML 2018.
     """
-
-    _coefficients = ("gamma",)
 
     def __init__(
         self,
@@ -922,8 +912,6 @@ class DIPVAELoss(_SiteELBO):
     .. [1] Kumar, Sattigeri, Balakrishnan. *Variational Inference of Disentangled Latent
        Concepts from Unlabeled Observations*. ICLR 2018.
     """
-
-    _coefficients = ("lambda_od", "lambda_d")
 
     def __init__(
         self, kind: str = "i", lambda_od=10.0, lambda_d=None, *, latent_site: str = "z", **kwargs
