@@ -22,6 +22,10 @@ objective           maximised per data point
 :class:`DIPVAELoss`    :math:`\mathrm{ELBO} - \lambda_{od}\sum_{i\ne j}C_{ij}^2 - \lambda_d\sum_i (C_{ii}-1)^2` [5]_
 ==================  ========================================================================
 
+:class:`JitBetaELBO`, :class:`JitCapacityELBO`, :class:`JitBetaTCELBO` and
+:class:`JitDIPVAELoss` are the same objectives compiled with :func:`pyro.ops.jit.trace`, with
+the coefficients as traced inputs (a schedule does not trigger recompilation).
+
 Each objective records its terms at every evaluation in :attr:`~_SiteELBO.last_terms` (floats,
 same units as the loss: summed over the minibatch, scaled to the dataset, averaged over
 particles), e.g. ``{"loss", "reconstruction", "kl", "mi", "tc", "dwkl"}``.
@@ -42,7 +46,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import weakref
 
+import pyro.ops.jit
 import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import TraceMeanField_ELBO
@@ -58,6 +64,10 @@ __all__ = [
     "CapacityELBO",
     "DIPVAELoss",
     "FactorVAELoss",
+    "JitBetaELBO",
+    "JitBetaTCELBO",
+    "JitCapacityELBO",
+    "JitDIPVAELoss",
     "dip_covariance",
     "log_aggregate_posterior",
     "log_importance_weights",
@@ -410,6 +420,10 @@ def log_importance_weights(
 
 
 def _check_sizes(batch_size, dataset_size):
+    # under torch.jit tracing, shapes and plate sizes arrive as 0-dim tensors
+    batch_size, dataset_size = (
+        int(v) if torch.is_tensor(v) and v.dim() == 0 else v for v in (batch_size, dataset_size)
+    )
     for name, v in (("batch_size", batch_size), ("dataset_size", dataset_size)):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
             raise ValueError(f"{name} must be a positive int; got {v!r}.")
@@ -946,3 +960,111 @@ class DIPVAELoss(_SiteELBO):
             "dip_diag": on.sum(),
             "dip_penalty": penalty,
         }
+
+
+# --------------------------------------------------------------------------------------------
+# JIT-compiled variants
+# --------------------------------------------------------------------------------------------
+class _JitMixin:
+    """Compile ``differentiable_loss`` with :func:`pyro.ops.jit.trace`.
+
+    The coefficients enter the compiled function as traced 0-dim tensor *inputs* (not
+    constants), so a schedule changes their values without recompiling; the logged terms are
+    a second output. As for Pyro's ``JitTrace*_ELBO``: the model must have static structure
+    and every minibatch the same size (pick a ``batch_size`` that divides the dataset).
+    """
+
+    def __init__(self, *args, ignore_jit_warnings: bool = False, jit_options=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ignore_jit_warnings = ignore_jit_warnings
+        self.jit_options = jit_options
+        self._jit_loss: dict = {}
+        self._term_keys: list[str] = []
+        self._traced_coefs: dict[str, torch.Tensor] | None = None
+
+    def _coef(self, name, like):
+        if self._traced_coefs is not None:
+            return self._traced_coefs[name].to(dtype=like.dtype, device=like.device)
+        return super()._coef(name, like)
+
+    def _compile(self, model, guide, names):
+        weakself = weakref.ref(self)
+
+        @pyro.ops.jit.trace(ignore_warnings=self.ignore_jit_warnings, jit_options=self.jit_options)
+        def jit_loss(*coefs_and_args, **kwargs):
+            kwargs.pop("_pyro_model_id")
+            kwargs.pop("_pyro_guide_id")
+            self = weakself()
+            coefs, args = coefs_and_args[: len(names)], coefs_and_args[len(names) :]
+            self._traced_coefs = dict(zip(names, coefs, strict=True))
+            try:
+                loss = 0.0
+                for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+                    _, particle = self._differentiable_loss_particle(model_trace, guide_trace)
+                    loss = loss + particle / self.num_particles
+            finally:
+                self._traced_coefs = None
+            acc, self._acc = self._acc, {}
+            self._term_keys = list(acc)
+            terms = torch.stack(
+                [torch.as_tensor(acc[k], dtype=loss.dtype, device=loss.device) for k in acc]
+            )
+            return loss, terms.detach() / self.num_particles
+
+        return jit_loss
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        """The loss as a differentiable tensor, from the compiled function."""
+        like = next((a for a in args if torch.is_tensor(a) and a.is_floating_point()), None)
+        if like is None:
+            raise TypeError(
+                f"{type(self).__name__} needs a floating-point tensor among the model's "
+                "positional arguments (the data), to place the coefficients."
+            )
+        names = list(self._schedules)
+        # bound methods are new objects at every attribute access: key them by their parts
+        key = (_callable_key(model), _callable_key(guide))
+        if key not in self._jit_loss:
+            self._jit_loss[key] = self._compile(model, guide, names)
+        kwargs = {**kwargs, "_pyro_model_id": key[0], "_pyro_guide_id": key[1]}
+        coefs = [super(_JitMixin, self)._coef(n, like) for n in names]
+        loss, terms = self._jit_loss[key](*coefs, *args, **kwargs)
+        self._acc = {}
+        self._last_terms = dict(zip(self._term_keys, terms.tolist(), strict=True))
+        return loss
+
+    def loss(self, model, guide, *args, **kwargs):
+        """The loss as a float."""
+        with torch.no_grad():
+            return torch_item(self.differentiable_loss(model, guide, *args, **kwargs))
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        """The loss as a float, after ``backward`` on the compiled loss."""
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss.backward(retain_graph=self.retain_graph)
+        return torch_item(loss)
+
+
+def _callable_key(fn) -> tuple:
+    owner, func = getattr(fn, "__self__", None), getattr(fn, "__func__", None)
+    return (id(owner), id(func)) if owner is not None and func is not None else (id(fn),)
+
+
+class JitBetaELBO(_JitMixin, BetaELBO):
+    """:class:`BetaELBO` compiled with :func:`pyro.ops.jit.trace`; ``beta`` is a traced input.
+
+    Extra parameters: ``ignore_jit_warnings`` and ``jit_options`` as for
+    :class:`pyro.infer.JitTraceMeanField_ELBO`. See :class:`_JitMixin` for the restrictions.
+    """
+
+
+class JitCapacityELBO(_JitMixin, CapacityELBO):
+    """:class:`CapacityELBO` compiled with :func:`pyro.ops.jit.trace` (see :class:`JitBetaELBO`)."""
+
+
+class JitBetaTCELBO(_JitMixin, BetaTCELBO):
+    """:class:`BetaTCELBO` compiled with :func:`pyro.ops.jit.trace` (see :class:`JitBetaELBO`)."""
+
+
+class JitDIPVAELoss(_JitMixin, DIPVAELoss):
+    """:class:`DIPVAELoss` compiled with :func:`pyro.ops.jit.trace` (see :class:`JitBetaELBO`)."""

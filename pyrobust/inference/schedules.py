@@ -6,8 +6,9 @@ Every coefficient of the objectives in :mod:`pyrobust.inference.objectives` (``b
 training loop :func:`pyrobust.inference.fit` calls ``objective.set_step(t)`` before each step.
 The objective keeps the current value in a 0-dim tensor on the loss's device and dtype,
 updated in place (``fill_``) between steps, so no new tensor or host-to-device copy is made per
-step and the graph has the same structure at every step. (A ``torch.jit``-traced objective
-would need the coefficient as a traced *input*; pyrobust does not provide JIT variants yet.)
+step and the graph has the same structure at every step. The JIT-compiled objectives
+(:class:`~pyrobust.inference.JitBetaELBO`, ...) pass these tensors to the compiled function as
+traced *inputs*, so a schedule changes their values without recompiling.
 
 Schedules are vectorised: called on an integer tensor of steps they return a tensor of values,
 which is how they are plotted and tested.
