@@ -626,6 +626,8 @@ def fit(
     with pyro.validation_enabled(validate):
         if resume_path is not None:
             state = load_checkpoint(resume_path, map_location="cpu")
+            extra = state["extra"]
+            _check_same_trajectory(extra.get("trajectory", {}), settings, resume_path)
             first = x.get(torch.arange(min(batch_size, n), device=x.index_device))
             _init_params(elbo, model, guide, first, kwargs_for(n))
             _restore_params(state, (model, guide) if module is None else vae_or_pair, None)
@@ -634,8 +636,6 @@ def fit(
             if hasattr(elbo, "load_state_dict"):
                 elbo.load_state_dict(state["objective"])
             _set_rng_state(state["rng"])
-            extra = state["extra"]
-            _check_same_trajectory(extra.get("trajectory", {}), settings, resume_path)
             start_epoch, step, best = int(extra["epoch"]), int(extra["step"]), float(extra["best"])
             history = _History.from_state(extra["history"])
         else:
