@@ -108,6 +108,7 @@ class CertifyConfig(QueryConfig):
 @dataclass
 class MetricsConfig(QueryConfig):
     n_inputs: int = _opt(2000, "number of test inputs used for MIG, SAP and DCI")
+    num_bootstrap: int = _opt(20, "bootstrap replicates of the intervals (0: none)")
 
 
 @dataclass
@@ -450,7 +451,7 @@ def cmd_metrics(cfg: MetricsConfig) -> None:
     with torch.no_grad():
         codes, _ = vae.encode(split.test[: cfg.n_inputs])
     factors = split.test_factors[: cfg.n_inputs, 1:]  # the colour factor is constant
-    tree = disentanglement(codes, factors, seed=cfg.seed)
+    tree = disentanglement(codes, factors, num_bootstrap=cfg.num_bootstrap, seed=cfg.seed)
     print(tree["metrics"].to_dataset())
     _save(tree, _out(cfg, "metrics"), cfg)
 

@@ -70,7 +70,7 @@ def test_metrics_and_report(tmp_path):
     run = tmp_path / "sprites"
     tiny = [*TINY[:1], "400", *TINY[2:]]
     assert main(["train", "--dataset", "dsprites", "--out", str(run), *tiny]) == 0
-    assert main(["metrics", "--run", str(run), "--n-inputs", "80"]) == 0
+    assert main(["metrics", "--run", str(run), "--n-inputs", "80", "--num-bootstrap", "2"]) == 0
     metrics = load(run / "metrics.nc")["metrics"]
     assert 0 <= float(metrics["mig"]) <= 1
     assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
