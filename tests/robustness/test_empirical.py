@@ -148,3 +148,27 @@ def test_margin_bound_lies_below_empirical_margin_on_conv_vae():
     assert np.mean(bound <= margin) >= 0.95
     assert np.corrcoef(bound, margin)[0, 1] > 0.5
     assert np.median(margin / bound) > 1.0
+
+
+def test_result_round_trips_through_netcdf(tmp_path):
+    import xarray as xr
+
+    lg = LinearGaussianVAE()
+    x = torch.randn(2, lg.d_x, dtype=lg.dtype)
+    tree = empirical_margin(
+        lg.model, lg.guide, x, r=0.8, box=None, num_samples=200, bisection_steps=2, steps=3
+    )
+    tree.to_netcdf(tmp_path / "margin.nc")
+    back = xr.open_datatree(tmp_path / "margin.nc")
+    xr.testing.assert_equal(back["robustness"].to_dataset(), tree["robustness"].to_dataset())
+    assert back.attrs["box"] == "json:null" and back.attrs["r"] == 0.8
+
+
+@pytest.mark.gpu
+def test_empirical_margin_runs_on_the_device_of_the_inputs():
+    lg = LinearGaussianVAE()
+    lg.A, lg.W = lg.A.cuda(), lg.W.cuda()
+    x = torch.randn(3, lg.d_x, dtype=lg.dtype, device="cuda")
+    tree = empirical_margin(lg.model, lg.guide, x, r=0.8, box=None, num_samples=2000, seed=0)
+    lg.A = lg.A.cpu()
+    np.testing.assert_allclose(tree["robustness"]["margin"].values, lg.true_margin(0.8), rtol=0.05)
