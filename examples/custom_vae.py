@@ -29,6 +29,7 @@ from pyro.infer import SVI, TraceMeanField_ELBO
 from sklearn.datasets import load_digits
 from torch import nn
 
+import pyrobust as pr
 from pyrobust.models import guide_loc_scale, model_mean
 
 
@@ -117,12 +118,27 @@ def main(args):
         recon = model_mean(model, x_test, loc)  # g(mu(x)) for each test input
     rmse = (recon - x_test).pow(2).mean().sqrt().item()
 
+    # Robustness queries take the hand-written pair as it is, like pyro.infer.Predictive.
+    x_query = x_test[: args.num_query]
+    robustness = pr.r_robustness(
+        model, guide, x_query, r=args.r, num_samples=args.num_samples, seed=args.seed
+    )
+    margin = pr.margin_bound(
+        model, guide, x_query, r=args.r, num_samples=args.num_samples, confidence=0.95,
+        seed=args.seed,
+    )  # fmt: skip
+    rob = robustness["robustness"]
+
     print("| quantity | value |\n|---|---|")
     print(f"| SVI steps | {args.steps} |")
     print(f"| -ELBO per input, first / last step | {losses[0]:.2f} / {losses[-1]:.2f} |")
     print(f"| mean encoder std sigma(x) | {scale.mean().item():.3f} |")
     print(f"| reconstruction RMSE g(mu(x)) vs x | {rmse:.3f} |")
+    print(f"| mean p(r-robust at r={args.r}) | {rob['probability'].mean().item():.3f} |")
+    print(f"| mean margin bound (95%) | {margin['robustness']['bound'].mean().item():.3f} |")
     return {
+        "robustness": robustness,
+        "margin": margin,
         "model": model,
         "guide": guide,
         "encoder": encoder,
@@ -144,5 +160,8 @@ if __name__ == "__main__":
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--num-test", type=int, default=100, help="held-out inputs")
+    parser.add_argument("--num-query", type=int, default=16, help="inputs to query")
+    parser.add_argument("--r", type=float, default=0.5, help="radius of r-robustness")
+    parser.add_argument("--num-samples", type=int, default=1000, help="encoder draws")
     parser.add_argument("--seed", type=int, default=0)
     main(parser.parse_args())

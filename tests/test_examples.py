@@ -23,8 +23,9 @@ def test_custom_vae(capsys):
     pytest.importorskip("sklearn")
     example = _load("custom_vae")
     args = argparse.Namespace(
-        steps=5, batch_size=16, latent_dim=2, hidden=8, lr=1e-2, num_test=6, seed=0
-    )
+        steps=5, batch_size=16, latent_dim=2, hidden=8, lr=1e-2, num_test=6, seed=0,
+        num_query=3, r=4.0, num_samples=50,
+    )  # fmt: skip
     out = example.main(args)
     assert "| SVI steps | 5 |" in capsys.readouterr().out
     assert len(out["losses"]) == 5 and all(math.isfinite(v) for v in out["losses"])
@@ -36,3 +37,8 @@ def test_custom_vae(capsys):
     expected = dist.ContinuousBernoulli(logits=out["decoder"](loc)).mean
     torch.testing.assert_close(out["recon"], expected)
     assert out["rmse"] == pytest.approx((expected - x).pow(2).mean().sqrt().item())
+    # Robustness queries ran on the hand-written pair.
+    rob = out["robustness"]["robustness"]
+    assert rob["probability"].sizes == {"obs_id": 3}
+    assert ((rob["ci_lower"] <= rob["probability"]) & (rob["probability"] <= rob["ci_upper"])).all()
+    assert (out["margin"]["robustness"]["bound"] >= 0).all()
