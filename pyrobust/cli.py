@@ -51,7 +51,8 @@ class TrainConfig(Common):
     out: str = _opt("runs/model", "run directory to create (model.pt, run.json, history.nc)")
     dataset: str = _opt("digits", "digits (scikit-learn, 8x8) or dsprites (procedural, 64x64)")
     n: int | None = _opt(None, "number of images (dsprites default 10000; digits all 1797)")
-    arch: str = _opt("mlp", "network: mlp, conv or burgess (64x64 only)")
+    arch: str = _opt("mlp", "network: mlp, conv, burgess (64x64 only) or lipschitz ([BAR])")
+    lipschitz: float = _opt(5.0, "Lipschitz constant of each lipschitz-arch network")
     latent_dim: int = _opt(8, "latent dimension")
     hidden: list[int] = _opt((256,), "hidden widths of mlp nets, comma separated")
     likelihood: str = _opt("bernoulli", "bernoulli, continuous_bernoulli, gaussian or laplace")
@@ -301,6 +302,7 @@ def cmd_train(cfg: TrainConfig) -> None:
         latent_dim=cfg.latent_dim,
         hidden=cfg.hidden,
         likelihood=cfg.likelihood,
+        lipschitz=cfg.lipschitz,
     )
     steps = cfg.epochs * -(-split.train.shape[0] // cfg.batch_size)
     elbo = make_objective(

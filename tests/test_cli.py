@@ -66,6 +66,19 @@ def test_certify_with_given_constants(digits_run):
     assert (cert["certified_margin"] >= 0).all()
 
 
+def test_certify_reads_constants_of_a_lipschitz_run(tmp_path):
+    run = tmp_path / "lip"
+    args = ["--arch", "lipschitz", "--lipschitz", "2", "--out", str(run)]
+    assert main(["train", *args, *TINY]) == 0
+    assert main(["certify", "--run", str(run), "--n-inputs", "3", "--r", "6"]) == 0
+    tree = load(run / "certify.nc")
+    cert = tree["robustness"]
+    assert cert["certified_margin"].sizes == {"obs_id": 3}
+    assert (cert["certified_margin"] >= 0).all()
+    # verified from the layers, never above the nominal targets (2 for mu and sigma)
+    assert 0 < float(tree.attrs["b"]) <= 2 + 1e-6 and 0 < float(tree.attrs["c"]) <= 2 + 1e-6
+
+
 def test_metrics_and_report(tmp_path):
     run = tmp_path / "sprites"
     tiny = [*TINY[:1], "400", *TINY[2:]]

@@ -23,6 +23,8 @@ from pyrobust.models import (
     BurgessEncoder,
     ConvDecoder,
     ConvEncoder,
+    LipschitzDecoder,
+    LipschitzEncoder,
     MLPDecoder,
     MLPEncoder,
 )
@@ -42,7 +44,7 @@ __all__ = [
 DCI_TREES = {"n_estimators": 20, "max_depth": 3}
 
 DATASETS = ("digits", "dsprites")
-ARCHS = ("mlp", "conv", "burgess")
+ARCHS = ("mlp", "conv", "burgess", "lipschitz")
 OBJECTIVES = ("vae", "beta-vae", "beta-tcvae", "capacity", "dip-vae-i", "dip-vae-ii")
 
 
@@ -105,8 +107,14 @@ def build_vae(
     latent_dim: int = 8,
     hidden: Sequence[int] = (256,),
     likelihood: str = "bernoulli",
+    lipschitz: float = 5.0,
 ) -> VAE:
-    """A :class:`~pyrobust.models.VAE` with ``"mlp"``, ``"conv"`` or ``"burgess"`` (64x64) nets."""
+    """A :class:`~pyrobust.models.VAE` with ``"mlp"``, ``"conv"``, ``"burgess"`` (64x64) nets.
+
+    ``"lipschitz"`` builds Björck/GroupSort nets [BAR] whose encoder mean, encoder std and decoder
+    logits are each ``lipschitz``-Lipschitz (so :func:`pyrobust.certified_margin` reads verified
+    constants from the layers).
+    """
     _choice(arch, ARCHS, "arch")
     shape = tuple(int(s) for s in input_shape)
     if arch == "mlp":
@@ -115,6 +123,12 @@ def build_vae(
     elif arch == "conv":
         enc = ConvEncoder(shape, latent_dim)
         dec = ConvDecoder(latent_dim, shape)
+    elif arch == "lipschitz":
+        width = tuple(hidden) * 2 if len(tuple(hidden)) == 1 else tuple(hidden)
+        enc = LipschitzEncoder(
+            shape, latent_dim, width, loc_lipschitz=lipschitz, scale_lipschitz=lipschitz
+        )
+        dec = LipschitzDecoder(latent_dim, shape, width[::-1], lipschitz=lipschitz, output="logits")
     else:
         if shape[-2:] != (64, 64):
             raise ValueError(
