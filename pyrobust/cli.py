@@ -37,6 +37,7 @@ def _opt(default, help: str, **kwargs):
 class Common:
     device: str | None = _opt(None, "torch device, e.g. cpu or cuda (default: cpu)")
     seed: int = _opt(0, "seed of every random choice (same seed, same result)")
+    threads: int | None = _opt(None, "torch CPU threads (default: torch's choice)")
 
 
 @dataclass
@@ -267,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _device(cfg):
     import torch
 
+    if cfg.threads is not None:
+        if cfg.threads < 1:
+            raise ValueError(f"--threads must be >= 1; got {cfg.threads}.")
+        torch.set_num_threads(cfg.threads)
     if cfg.device is None:
         return torch.device("cpu")
     dev = torch.device(cfg.device)
