@@ -8,6 +8,7 @@ AISTATS 2022).
 from pyrobust import analysis, data, inference, models, robustness
 from pyrobust.robustness import (
     certified_margin,
+    design_lipschitz,
     empirical_margin,
     latent_attack,
     likelihood_degradation,
@@ -25,6 +26,7 @@ __all__ = [  # noqa: RUF022 - grouped by purpose
     "r_robustness",
     "margin_bound",
     "certified_margin",
+    "design_lipschitz",
     # attacks and empirical margins
     "max_damage_attack",
     "empirical_margin",

@@ -10,13 +10,14 @@ Every function takes ``(model, guide, x, ...)`` like ``pyro.infer.Predictive`` a
 """
 
 from pyrobust.robustness.attacks import latent_attack, max_damage_attack, output_attack
-from pyrobust.robustness.certify import certified_margin
+from pyrobust.robustness.certify import certified_margin, design_lipschitz
 from pyrobust.robustness.empirical import empirical_margin, likelihood_degradation
 from pyrobust.robustness.margin import margin_bound
 from pyrobust.robustness.query import r_robustness
 
 __all__ = [
     "certified_margin",
+    "design_lipschitz",
     "empirical_margin",
     "latent_attack",
     "likelihood_degradation",
