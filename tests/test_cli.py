@@ -149,3 +149,35 @@ def test_reproduce_quick_has_every_variable(tmp_path):
     text = (out / "RESULTS.md").read_text()
     assert "Pearson correlation bound vs empirical" in text and "## dsprites" in text
     assert (out / "digits_margins.png").stat().st_size > 1000
+
+
+def test_demo_prints_report_and_saves_trees(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--epochs", "2", "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "r-robustness at r = 1.0" in text and "margins:" in text
+    for name in ("history", "robustness", "margin", "empirical_margin"):
+        tree = xr.open_datatree(out / f"{name}.nc", engine="h5netcdf")
+        assert tree.children
+    assert (out / "report" / "index.html").is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["attack", "--empirical"], "--empirical needs the radius --r"),
+        (["certify"], "lipschitz"),
+        (["metrics"], "no ground-truth factors"),
+        (["demo", "--epochs", "0"], "epochs"),
+        (["robustness", "--r", "-1"], "r"),
+    ],
+)
+def test_bad_input_of_each_query_command(argv, message, digits_run, tmp_path, capsys):
+    if argv[0] != "demo":
+        argv = [*argv, "--run", str(digits_run), "--n-inputs", "2"]
+    else:
+        argv = [*argv, "--out", str(tmp_path / "d")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err.lower() or message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
