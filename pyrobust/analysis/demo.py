@@ -48,6 +48,8 @@ def run_demo(
     from pyrobust.inference import BetaELBO, fit
     from pyrobust.robustness import empirical_margin, margin_bound, r_robustness
 
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive int; got {epochs!r}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device or "cpu")
