@@ -171,7 +171,7 @@ def disentanglement(
 
     The ``metrics`` group holds ``mig``, ``sap``, ``dci_disentanglement``,
     ``dci_completeness``, ``dci_informativeness_train``/``_test`` (accuracies) and their bootstrap
-    intervals (``*_ci``) where ``num_bootstrap > 0``. DCI uses small gradient-boosted trees
+    intervals (``*_ci``, NaN when ``num_bootstrap=0``). DCI uses small gradient-boosted trees
     (:data:`DCI_TREES`).
     """
     from pyrobust.analysis.metrics import dci, mig, sap
@@ -186,21 +186,19 @@ def disentanglement(
             "sap": sap(codes, factors, **kw)["metrics"].to_dataset(),
             "dci": dci(codes, factors, model_kwargs=DCI_TREES, **kw)["metrics"].to_dataset(),
         }
-    rename = {"mig_histogram": "mig"}
-    rename.update({v: f"dci_{v}" for v in parts["dci"].data_vars})
+    # One namespace: "mig" (histogram estimator), "sap", "dci_*"; intervals keep their "_ci".
     merged = xr.merge(
         [
-            ds.drop_attrs().rename({k: v for k, v in _with_ci(rename).items() if k in ds})
-            for ds in parts.values()
+            ds.drop_attrs().rename(
+                {
+                    v: f"dci_{v}" if part == "dci" else v.replace("mig_histogram", "mig")
+                    for v in ds.data_vars
+                }
+            )
+            for part, ds in parts.items()
         ]
     )
     tree = xr.DataTree()
     tree["metrics"] = xr.DataTree(merged)
     tree.attrs.update({"query": "disentanglement", "num_bootstrap": num_bootstrap, "seed": seed})
     return tree
-
-
-def _with_ci(rename: dict) -> dict:
-    out = dict(rename)
-    out.update({f"{k}_ci": f"{v}_ci" for k, v in rename.items()})
-    return out

@@ -270,19 +270,19 @@ def reproduce(
 
 
 def _figures(tree: xr.DataTree, out: Path) -> None:
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from pyrobust.analysis.plots import plot_margin_scatter
 
     for name, child in tree.children.items():
         ds = child.to_dataset()
-        fig = plot_margin_scatter(
+        plot_margin_scatter(
             ds["bound"].values.ravel(),
             ds["empirical_margin"].values.ravel(),
             path=out / f"{name}_margins.png",
         )
-        plt.close(fig)
-        fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
+        fig = Figure(figsize=(16, 3.5))  # no pyplot: no global figure state to leak
+        axes = fig.subplots(1, 4)
         for ax, var in zip(
             axes, ("mean_scale", "jacobian_norm", "bound", "empirical_margin"), strict=True
         ):
@@ -295,7 +295,6 @@ def _figures(tree: xr.DataTree, out: Path) -> None:
         axes[0].legend()
         fig.tight_layout()
         fig.savefig(out / f"{name}_against_beta.png", dpi=100)
-        plt.close(fig)
 
 
 def _corr(a, b, method: str = "spearman") -> float:

@@ -444,7 +444,34 @@ class ConvDecoder(nn.Module):
         return out.reshape(*batch, *self.output_shape)
 
 
-class ConvEncoder28(ConvEncoder):
+class _PresetConvEncoder(ConvEncoder):
+    """A :class:`ConvEncoder` with fixed architecture: only the channels, activation and scale
+    floor are constructor arguments."""
+
+    def config(self) -> dict:
+        """JSON-able constructor arguments: ``type(self)(**self.config())`` rebuilds the net."""
+        return {
+            "latent_dim": self.latent_dim,
+            "in_channels": self.input_shape[0],
+            "activation": self.activation,
+            "min_scale": self.min_scale,
+        }
+
+
+class _PresetConvDecoder(ConvDecoder):
+    """A :class:`ConvDecoder` with fixed architecture: only the channels and activation are
+    constructor arguments."""
+
+    def config(self) -> dict:
+        """JSON-able constructor arguments: ``type(self)(**self.config())`` rebuilds the net."""
+        return {
+            "latent_dim": self.latent_dim,
+            "out_channels": self.output_shape[0],
+            "activation": self.activation,
+        }
+
+
+class ConvEncoder28(_PresetConvEncoder):
     r"""Conv encoder for 28x28 images (MNIST, Fashion-MNIST).
 
     Two convolutions (32 and 64 channels, kernel 4, stride 2, padding 1: 28 -> 14 -> 7), one
@@ -477,17 +504,8 @@ class ConvEncoder28(ConvEncoder):
             min_scale=min_scale,
         )
 
-    def config(self) -> dict:
-        """JSON-able constructor arguments: ``type(self)(**self.config())`` rebuilds the net."""
-        return {
-            "latent_dim": self.latent_dim,
-            "in_channels": self.input_shape[0],
-            "activation": self.activation,
-            "min_scale": self.min_scale,
-        }
 
-
-class ConvDecoder28(ConvDecoder):
+class ConvDecoder28(_PresetConvDecoder):
     r"""Transposed-conv decoder for 28x28 images, the mirror of :class:`ConvEncoder28`.
 
     Parameters
@@ -509,16 +527,8 @@ class ConvDecoder28(ConvDecoder):
             activation=activation,
         )
 
-    def config(self) -> dict:
-        """JSON-able constructor arguments: ``type(self)(**self.config())`` rebuilds the net."""
-        return {
-            "latent_dim": self.latent_dim,
-            "out_channels": self.output_shape[0],
-            "activation": self.activation,
-        }
 
-
-class BurgessEncoder(ConvEncoder):
+class BurgessEncoder(_PresetConvEncoder):
     r"""The 64x64 encoder of Burgess et al. 2018 [2]_ (dSprites).
 
     Four convolutions of 32 channels (kernel 4, stride 2, padding 1: 64 -> 32 -> 16 -> 8 -> 4),
@@ -554,17 +564,8 @@ class BurgessEncoder(ConvEncoder):
             min_scale=min_scale,
         )
 
-    def config(self) -> dict:
-        """JSON-able constructor arguments: ``type(self)(**self.config())`` rebuilds the net."""
-        return {
-            "latent_dim": self.latent_dim,
-            "in_channels": self.input_shape[0],
-            "activation": self.activation,
-            "min_scale": self.min_scale,
-        }
 
-
-class BurgessDecoder(ConvDecoder):
+class BurgessDecoder(_PresetConvDecoder):
     r"""The 64x64 decoder of Burgess et al. 2018 [2]_, the transpose of :class:`BurgessEncoder`.
 
     Two fully connected layers of 256 units, one to :math:`32 \times 4 \times 4`, then four
@@ -591,11 +592,3 @@ class BurgessDecoder(ConvDecoder):
             hidden=(256, 256),
             activation=activation,
         )
-
-    def config(self) -> dict:
-        """JSON-able constructor arguments: ``type(self)(**self.config())`` rebuilds the net."""
-        return {
-            "latent_dim": self.latent_dim,
-            "out_channels": self.output_shape[0],
-            "activation": self.activation,
-        }
