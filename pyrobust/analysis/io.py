@@ -234,6 +234,82 @@ def _replace(src: Path, dst: Path) -> None:
         backup.unlink(missing_ok=True)
 
 
+#: Object codecs that decode to plain strings/bytes (xarray writes object-dtype string
+#: coordinates with ``vlen-utf8``); every other codec of object arrays (``pickle``, ``json2``,
+#: ``msgpack2``, ``vlen-array``, ``categorize``, ...) is refused, ``pickle`` anywhere.
+_SAFE_OBJECT_CODECS = frozenset({"vlen-utf8", "vlen-bytes"})
+_UNSAFE_CODECS = ("pickle", "json2", "msgpack2", "vlen-array", "categorize")
+
+
+def _refuse_object_codecs(path: Path) -> None:
+    """Refuse a zarr store with object arrays or codecs, reading only its JSON metadata.
+
+    The pickle codec of zarr 2 runs code on load; a result file is data, so any array whose
+    metadata (``.zarray``, ``zarr.json`` or the consolidated ``.zmetadata``) declares an
+    object dtype with a codec other than ``vlen-utf8``/``vlen-bytes``, or names ``pickle``
+    anywhere, is refused before zarr sees the store.
+    """
+    import json
+
+    def codec_ids(meta) -> list[str]:
+        # every "id" (format 2) and "name" (format 3, also inside sharding codecs) of a codec
+        found, stack = [], [(meta.get("filters"), meta.get("compressor"), meta.get("codecs"))]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, dict):
+                found += [str(item[k]).lower() for k in ("id", "name") if k in item]
+                stack.extend(item.values())
+            elif isinstance(item, (list, tuple)):
+                stack.extend(item)
+        return found
+
+    def check(meta, where: str) -> None:
+        if not isinstance(meta, dict):
+            return
+        ids = codec_ids(meta)
+        dtype = json.dumps(meta.get("dtype", meta.get("data_type", "")))
+        is_object = '"|O' in dtype or '"O' in dtype or "object" in dtype
+        unsafe = [i for i in ids if any(bad in i for bad in _UNSAFE_CODECS)]
+        if is_object and not any(i in _SAFE_OBJECT_CODECS for i in ids):
+            unsafe.append("object dtype without a string codec")
+        if unsafe:
+            raise ValueError(
+                f"{str(path)!r} is refused: array {where} declares an object dtype or codec "
+                f"({', '.join(sorted(set(unsafe)))}), which can run code when decoded. "
+                "pyrobust results hold numbers and strings only; re-save the result with "
+                "pyrobust.analysis.save."
+            )
+
+    if not path.is_dir():
+        return
+    for root, _, files in os.walk(path):
+        for name in files:
+            if name not in (".zarray", ".zmetadata", "zarr.json"):
+                continue
+            file = Path(root) / name
+            try:
+                meta = json.loads(file.read_text())
+            except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+                raise ValueError(
+                    f"{str(path)!r} is not a pyrobust result: its metadata file "
+                    f"{str(file.relative_to(path))!r} is not readable JSON ({err})."
+                ) from None
+            where = str(file.relative_to(path).parent)
+            if not isinstance(meta, dict):
+                continue
+            if name == ".zmetadata":
+                listed = meta.get("metadata")
+                listed = listed if isinstance(listed, dict) else {}
+                entries = {k: v for k, v in listed.items() if str(k).endswith(".zarray")}
+            else:
+                entries = {where: meta}
+                listed = meta.get("consolidated_metadata")
+                listed = listed.get("metadata") if isinstance(listed, dict) else None
+                entries.update(listed if isinstance(listed, dict) else {})
+            for key, entry in entries.items():
+                check(entry, str(key).removesuffix("/.zarray"))
+
+
 def load(path: str | os.PathLike, *, format: str | None = None) -> xr.DataTree:
     """Load a result tree written by :func:`save`.
 
@@ -262,6 +338,8 @@ def load(path: str | os.PathLike, *, format: str | None = None) -> xr.DataTree:
     if not path.exists():
         raise FileNotFoundError(f"no result at {str(path)!r}.")
     fmt = _format_of(path, format)
+    if fmt == "zarr":
+        _refuse_object_codecs(path)
     try:
         if fmt == "netcdf":
             with xr.open_datatree(path, engine="h5netcdf") as opened:
