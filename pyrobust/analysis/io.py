@@ -12,8 +12,12 @@ destroys an existing one.
 
 from __future__ import annotations
 
+import errno
+import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +26,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from pyrobust._results import decode_attrs, encode_attrs
+from pyrobust._results import JSON_PREFIX, decode_attrs, encode_attrs
 
 __all__ = ["as_tree", "combine", "load", "require_group", "result_kind", "save", "settings"]
 
@@ -153,15 +157,30 @@ def save(
     ``pyrobust_kind`` are added to the written copy (``tree`` itself is not modified), and
     :func:`load` checks them.
 
-    The tree is first written to a temporary sibling of ``path`` and then renamed onto it: a save
-    that fails part-way leaves no partial file and leaves any existing file at ``path`` intact.
+    The tree is first written to a temporary sibling of ``path`` and then moved onto it: a save
+    that fails or is killed part-way leaves no partial file and leaves any existing result at
+    ``path`` intact.
+
+    * A file replacing a file is one :func:`os.replace` (atomic on POSIX).
+    * A zarr store is a directory, which no single POSIX rename can replace. On Linux the new
+      store and the old one are swapped atomically (``renameat2(RENAME_EXCHANGE)``), so there is
+      always a complete result at ``path``. Elsewhere the old store is renamed aside to
+      ``.NAME.PID.old`` first; if the process dies between the two renames, the next
+      :func:`save` or :func:`load` of ``path`` puts the old store back.
+    * Temporary entries are named ``.NAME.PID.*.tmp`` / ``.NAME.PID.old``; the next save or load
+      of ``path`` removes those whose process is no longer alive (a killed save), and never
+      touches those of a save still running in another process.
+
+    An existing *directory* at ``path`` is replaced only if it is a pyrobust zarr store (its root
+    attrs carry ``pyrobust_version``); any other directory is refused, never deleted.
 
     Parameters
     ----------
     tree : xarray.DataTree
-        A pyrobust result.
+        A pyrobust result. Variables of dtype ``object`` are refused (they could only be
+        written with a pickle codec).
     path : str or path-like
-        Destination.
+        Destination; its directory must exist.
     format : {"netcdf", "zarr"}, optional
         Overrides the extension.
     kind : str, optional
@@ -174,6 +193,18 @@ def save(
     pathlib.Path
         The path written.
 
+    Raises
+    ------
+    TypeError
+        If ``tree`` is not a DataTree, or ``path``, ``kind`` or ``overwrite`` has the wrong type.
+    ValueError
+        If ``format`` or the extension names no known format, ``tree`` holds an object-dtype
+        variable, or ``path`` is a directory that is not a pyrobust zarr store.
+    FileExistsError
+        If ``path`` exists and ``overwrite`` is False.
+    FileNotFoundError
+        If the directory of ``path`` does not exist.
+
     Examples
     --------
     >>> import numpy as np, tempfile, os
@@ -185,18 +216,36 @@ def save(
     0.5
     """
     _check_tree(tree)
-    path = Path(path)
+    path = _check_path(path)
     fmt = _format_of(path, format)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True to replace it.")
-    if not path.parent.exists():
+    if kind is not None and (not isinstance(kind, str) or not kind):
+        raise TypeError(
+            f"kind must be a non-empty str such as 'robustness' (or None to infer it); "
+            f"got {kind!r}."
+        )
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite must be True or False; got {overwrite!r}.")
+    if not path.parent.is_dir():
         raise FileNotFoundError(
             f"the directory {str(path.parent)!r} of path does not exist; create it first."
         )
+    _check_writable_tree(tree)
+    _recover(path)
+    if os.path.lexists(path):
+        if not overwrite:
+            raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True to replace it.")
+        if path.is_dir() and not _is_pyrobust_store(path):
+            raise ValueError(
+                f"path {str(path)!r} is an existing directory that is not a pyrobust zarr store "
+                f"(its root has no {VERSION_ATTR!r} attribute); save refuses to replace it, so "
+                f"nothing in it is lost. Pass a new path, e.g. {str(path / 'result.zarr')!r}."
+            )
     out = tree.copy(deep=False)
     out.attrs = dict(tree.attrs)
     out.attrs.update(encode_attrs({VERSION_ATTR: _version(), KIND_ATTR: kind or result_kind(tree)}))
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    )
     target_tmp = tmp / path.name
     try:
         if fmt == "netcdf":
@@ -205,21 +254,163 @@ def save(
             # Zarr format 2: format 3 has no specification yet for fixed-length strings
             # (decision labels) nor for consolidated metadata, and warns on both.
             out.to_zarr(target_tmp, mode="w", zarr_format=2, consolidated=True)
+        _fsync_tree(target_tmp)
         _replace(target_tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
-def _replace(src: Path, dst: Path) -> None:
-    """Move ``src`` onto ``dst``.
+def _check_path(path: Any, argname: str = "path") -> Path:
+    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
+        raise TypeError(
+            f"{argname} must be a str or os.PathLike (e.g. 'result.nc'); got {type(path).__name__}."
+        )
+    text = os.fspath(path)
+    if not isinstance(text, str) or not text or "\x00" in text:
+        raise ValueError(
+            f"{argname} must be a non-empty file path without NUL bytes; got {text!r}."
+        )
+    return Path(text)
 
-    A file replacing a file is one ``os.replace`` (atomic on POSIX). When either is a directory
-    (a zarr store), the old ``dst`` is first renamed aside, then ``src`` renamed in, then the old
-    one removed; if the second rename fails the old one is put back.
+
+def _check_writable_tree(tree: xr.DataTree) -> None:
+    """Refuse variables that netCDF/zarr could only store with a pickle (object) codec."""
+    for node in tree.subtree:
+        for name, var in {**node.data_vars, **node.coords}.items():
+            if var.dtype.kind in "OV":
+                where = f"{node.path.rstrip('/')}/{name}".lstrip("/")
+                raise ValueError(
+                    f"tree variable {where!r} has dtype {var.dtype} (Python objects), which result "
+                    f"files refuse because reading it back would unpickle code; convert it to "
+                    f"numbers or fixed-width strings (e.g. .astype(str)) before saving."
+                )
+
+
+def _is_pyrobust_store(path: Path) -> bool:
+    """Whether the directory ``path`` is a zarr store written by :func:`save`."""
+    for meta, key in ((".zattrs", None), ("zarr.json", "attributes")):
+        try:
+            with open(path / meta, encoding="utf-8") as f:
+                attrs = json.load(f)
+        except (OSError, ValueError, RecursionError):
+            continue
+        if key is not None and isinstance(attrs, dict):
+            attrs = attrs.get(key)
+        if isinstance(attrs, dict) and VERSION_ATTR in attrs:
+            return True
+    return False
+
+
+def _fsync_tree(path: Path) -> None:
+    """Flush a written file, or every file of a written store, to disk before it is moved."""
+    paths = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _temp_owner(entry: str, name: str) -> int | None:
+    """The pid in a temporary entry ``.NAME.PID.*.tmp`` / ``.NAME.PID.old`` of ``name``."""
+    m = re.fullmatch(rf"\.{re.escape(name)}\.(\d+)\.(?:[^/]*\.tmp|old)", entry)
+    return int(m.group(1)) if m else None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _recover(path: Path) -> None:
+    """Undo what a killed :func:`save` of ``path`` left behind.
+
+    A store renamed aside (``.NAME.PID.old``) by a save whose process died is put back when
+    nothing is at ``path`` (the newest one, so the result is never lost), else removed; temporary
+    entries (``.NAME.PID.*.tmp``) of dead processes are removed. Entries of live processes are
+    left alone. Errors (e.g. a read-only directory) are ignored: recovery is best effort.
     """
-    if not dst.exists() or not (src.is_dir() or dst.is_dir()):
+    try:
+        entries = os.listdir(path.parent)
+    except OSError:
+        return
+    stale = []
+    for entry in entries:
+        pid = _temp_owner(entry, path.name)
+        if pid is not None and not _pid_alive(pid):
+            stale.append(path.parent / entry)
+    backups = sorted(
+        (p for p in stale if p.name.endswith(".old")),
+        key=lambda p: p.lstat().st_mtime_ns,
+        reverse=True,
+    )
+    try:
+        if backups and not os.path.lexists(path):
+            os.replace(backups[0], path)
+            stale.remove(backups[0])
+        for p in stale:
+            _remove(p)
+    except OSError:
+        pass
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(src: Path, dst: Path) -> bool:
+    """Atomically swap ``src`` and ``dst`` (Linux ``renameat2``); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+    renameat2.argtypes += [ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False  # the kernel or the filesystem has no RENAME_EXCHANGE
+    raise OSError(err, os.strerror(err), str(dst))
+
+
+def _replace(src: Path, dst: Path) -> None:
+    """Move ``src`` onto ``dst`` without a moment where ``dst`` is missing or partial.
+
+    A file replacing a file (or anything replacing nothing) is one ``os.replace``. When either is
+    a directory (a zarr store), the two are swapped atomically where the platform can
+    (``renameat2(RENAME_EXCHANGE)`` on Linux) and the old one, now at ``src``, is removed.
+    Elsewhere the old ``dst`` is renamed aside to ``.NAME.PID.old``, ``src`` renamed in, and the
+    old one removed; if the second rename fails the old one is put back, and if the process dies
+    in between, :func:`_recover` puts it back on the next save or load.
+    """
+    if not os.path.lexists(dst) or not (src.is_dir() or dst.is_dir()):
         os.replace(src, dst)
+        return
+    if _exchange(src, dst):
+        _remove(src)
         return
     backup = dst.with_name(f".{dst.name}.{os.getpid()}.old")
     os.replace(dst, backup)
@@ -228,10 +419,7 @@ def _replace(src: Path, dst: Path) -> None:
     except BaseException:
         os.replace(backup, dst)
         raise
-    if backup.is_dir():
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        backup.unlink(missing_ok=True)
+    _remove(backup)
 
 
 #: Object codecs that decode to plain strings/bytes (xarray writes object-dtype string
@@ -330,11 +518,20 @@ def load(path: str | os.PathLike, *, format: str | None = None) -> xr.DataTree:
     ------
     FileNotFoundError
         If ``path`` does not exist.
+    TypeError
+        If ``path`` is not a str or path-like.
     ValueError
-        If ``path`` is not a netCDF/zarr file, or is one that :func:`save` did not write (no
-        ``pyrobust_version`` root attribute).
+        If ``path`` is not a netCDF/zarr file, is damaged or truncated, is one that :func:`save`
+        did not write (no ``pyrobust_version`` root attribute), or holds an attribute marked as
+        JSON that does not decode (malformed, or nested too deeply to read safely).
+
+    Notes
+    -----
+    A store that a killed :func:`save` left renamed aside (``.NAME.PID.old``) is put back at
+    ``path`` first, and temporary leftovers of killed saves are removed (see :func:`save`).
     """
-    path = Path(path)
+    path = _check_path(path)
+    _recover(path)
     if not path.exists():
         raise FileNotFoundError(f"no result at {str(path)!r}.")
     fmt = _format_of(path, format)
@@ -347,7 +544,9 @@ def load(path: str | os.PathLike, *, format: str | None = None) -> xr.DataTree:
         else:
             with xr.open_datatree(path, engine="zarr") as opened:
                 tree = opened.load()
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except MemoryError:
+        raise
+    except Exception as err:  # damaged files fail in h5py/zarr/numcodecs with many types
         raise ValueError(
             f"{str(path)!r} is not a pyrobust result: it could not be read as {fmt} "
             f"({type(err).__name__}: {err}). Save results with pyrobust.analysis.save."
@@ -358,7 +557,31 @@ def load(path: str | os.PathLike, *, format: str | None = None) -> xr.DataTree:
             f"{VERSION_ATTR!r} attribute. Only files written by pyrobust.analysis.save load; "
             f"open other files with xarray.open_datatree."
         )
+    _check_json_attrs(tree, path)
     return tree
+
+
+def _check_json_attrs(tree: xr.DataTree, path: Path) -> None:
+    """Refuse attributes marked as JSON that do not decode, naming the group and attribute."""
+    for node in tree.subtree:
+        attr_sets = [(node.path, node.attrs)]
+        attr_sets += [(f"{node.path.rstrip('/')}/{k}", v.attrs) for k, v in node.variables.items()]
+        for where, attrs in attr_sets:
+            for key, value in attrs.items():
+                if not (isinstance(value, str) and value.startswith(JSON_PREFIX)):
+                    continue
+                try:
+                    json.loads(value[len(JSON_PREFIX) :])
+                except RecursionError:
+                    reason = "it is nested too deeply to decode safely"
+                except ValueError as err:
+                    reason = f"it is not valid JSON ({err})"
+                else:
+                    continue
+                raise ValueError(
+                    f"{str(path)!r}: attribute {key!r} of {where!r} is marked as JSON but {reason}; "
+                    f"the file is damaged or was not written by pyrobust.analysis.save."
+                )
 
 
 def combine(
