@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # CPU-only machines take the CPU build of torch (never a multi-GB CUDA download);
 # machines with an NVIDIA driver take the default build. Override with TORCH_SPEC=...
-TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.2" || echo "torch==2.13.0")
+TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.10" || echo "torch==2.13.0")
 
 .PHONY: install demo test test-slow test-gpu bench lint format clean
 
