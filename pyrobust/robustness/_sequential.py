@@ -407,7 +407,7 @@ def sequential_decide(
             k_act <= thr_t["not_robust"][j], torch.full_like(codes, NOT_ROBUST), codes
         )
 
-    k, n, codes, rounds, active = _run(draw, num_cells, looks, device, stop)
+    k, n, codes, rounds, _ = _run(draw, num_cells, looks, device, stop)
     lower, upper = _cp(k, n, alpha_look / 2.0)
     # the last look decides too (its test is the same); cells still undecided there stay 0
     last = codes == UNDECIDED

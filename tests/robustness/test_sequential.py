@@ -180,7 +180,7 @@ def _simulated_error_rates(reps, max_samples, seed, tolerance=None):
 
 def test_simulated_error_rate_is_not_above_error():
     reps = 300
-    k_bad, lo, hi, n, _ = _simulated_error_rates(reps, max_samples=20_000, seed=1)
+    k_bad, _, _, n, _ = _simulated_error_rates(reps, max_samples=20_000, seed=1)
     # not significantly above error: the one-sided 99% lower limit of the error rate is <= error
     lower99 = clopper_pearson_lower(k_bad, reps, 0.99)
     for p, kb, l99 in zip(P_GRID, k_bad.tolist(), lower99.tolist(), strict=True):
@@ -194,7 +194,7 @@ def test_simulated_error_rate_is_not_above_error():
 @pytest.mark.parametrize("tolerance", [None, 0.02])
 def test_simulated_error_rate_2000_repetitions(tolerance):
     reps = 2_000
-    k_bad, lo, hi, n, res = _simulated_error_rates(
+    k_bad, lo, hi, n, _ = _simulated_error_rates(
         reps, max_samples=100_000, seed=2, tolerance=tolerance
     )
     report = {
@@ -316,9 +316,9 @@ def test_bad_draws_are_refused_with_the_expected_shape():
         sequential_decide(None, 1)
     with pytest.raises(ValueError, match=r"shape \(m, len\(active\)\) = \(16, 2\)"):
         sequential_decide(lambda idx, m: torch.zeros(m, len(idx) + 1, dtype=torch.bool), 2)
-    with pytest.raises(ValueError, match="dtype torch.float32"):
+    with pytest.raises(ValueError, match=r"dtype torch\.float32"):
         sequential_decide(lambda idx, m: torch.rand(m, len(idx)), 2)
-    with pytest.raises(TypeError, match="torch.Tensor"):
+    with pytest.raises(TypeError, match=r"torch\.Tensor"):
         sequential_decide(lambda idx, m: [0] * len(idx), 2)
     with pytest.raises(ValueError, match="precision"):
         sequential_lower_bound(bernoulli_draw([0.5]), 1, precision=0.0)
