@@ -10,13 +10,18 @@ the RNG states and the history, written atomically (a temporary file, then ``os.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import inspect
+import io
 import json
 import math
 import numbers
 import os
 import random
+import re
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -30,8 +35,16 @@ import torch
 import xarray as xr
 from pyro import poutine
 from pyro.infer import SVI
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.subsample_messenger import _Subsample
 
 from pyrobust._results import make_tree
+from pyrobust.inference._protocol import (
+    _check_finite,
+    _dtype_mismatch,
+    _model_dtype,
+    _ModelArgs,
+)
 from pyrobust.inference.objectives import BetaELBO
 
 __all__ = ["fit", "load_checkpoint", "save_checkpoint"]
@@ -71,7 +84,12 @@ def _as_tensor(data, name: str) -> torch.Tensor:
     if isinstance(data, torch.utils.data.TensorDataset):
         data = data.tensors[0]
     elif isinstance(data, np.ndarray):
-        data = torch.from_numpy(data)
+        if data.dtype == object or not np.issubdtype(data.dtype, np.number):
+            raise TypeError(
+                f"{name} must hold numbers; got a numpy array of dtype {data.dtype}. Convert "
+                "it to a numeric array first."
+            )
+        data = torch.from_numpy(np.ascontiguousarray(data))
     elif not torch.is_tensor(data):
         if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
             raise TypeError(
@@ -82,13 +100,19 @@ def _as_tensor(data, name: str) -> torch.Tensor:
             raise ValueError(f"{name} is empty (len 0); fit needs at least one data point.")
         items = [data[i] for i in range(len(data))]
         items = [it[0] if isinstance(it, (tuple, list)) else it for it in items]
-        data = torch.stack([torch.as_tensor(it) for it in items])
+        try:
+            data = torch.stack([torch.as_tensor(it) for it in items])
+        except (TypeError, RuntimeError, ValueError) as err:
+            raise TypeError(
+                f"The items of {name} could not be stacked into one tensor ({err}); each item "
+                "(or the first element of each tuple item) must be an array of the same shape."
+            ) from err
     if data.dim() < 1 or data.shape[0] == 0:
         raise ValueError(
             f"{name} is empty (shape {tuple(data.shape)}); fit needs at least one data point."
         )
-    if not data.dtype.is_floating_point:
-        data = data.to(torch.get_default_dtype())
+    if data.is_complex():
+        raise TypeError(f"{name} must be real; got dtype {data.dtype}.")
     return data
 
 
@@ -100,27 +124,42 @@ def _first_tensor(out):
 class _Source:
     """Training or validation inputs, read by minibatch of indices.
 
-    A tensor (or array, or ``TensorDataset``) is moved to the device once. A Dataset that
-    takes a LongTensor of indices and returns the batch (as ``DSpritesDataset`` does) is read
-    per minibatch, never materialised (dSprites in full is 12 GB of float32). Any other
-    map-style Dataset is materialised once, item by item.
+    A tensor (or array, or ``TensorDataset``) is checked for NaN/inf and moved to the device
+    once. A Dataset that takes a LongTensor of indices and returns the batch (as
+    ``DSpritesDataset`` does) is read per minibatch, never materialised (dSprites in full is
+    12 GB of float32), and each minibatch is checked as it is read. Any other map-style
+    Dataset is materialised once, item by item. Floating inputs are converted to ``dtype``
+    (the model's, when known); integer and bool inputs to ``dtype`` or torch's default.
     """
 
-    def __init__(self, data, name: str):
+    def __init__(self, data, name: str, dtype: torch.dtype | None = None):
         self.name, self.dataset, self.tensor = name, None, None
         self.device = None
+        self.dtype = dtype
         if _is_batch_indexable(data):
             self.dataset = data
             self.n = len(data)
         else:
-            self.tensor = _as_tensor(data, name)
+            self.tensor = self._convert(_as_tensor(data, name))
+            _check_finite(self.tensor, name)
             self.n = self.tensor.shape[0]
+
+    def _convert(self, t: torch.Tensor) -> torch.Tensor:
+        if not t.dtype.is_floating_point:
+            return t.to(self.dtype or torch.get_default_dtype())
+        return t if self.dtype is None else t.to(self.dtype)
 
     def to(self, device) -> _Source:
         self.device = torch.device(device)
         if self.tensor is not None:
             self.tensor = self.tensor.to(self.device)
         return self
+
+    @property
+    def batch_dtype(self) -> torch.dtype:
+        if self.tensor is not None:
+            return self.tensor.dtype
+        return self.dtype or torch.get_default_dtype()
 
     @property
     def index_device(self):
@@ -135,8 +174,15 @@ class _Source:
         if self.tensor is not None:
             return self.tensor[idx]
         batch = _first_tensor(self.dataset[idx])
-        if not batch.dtype.is_floating_point:
-            batch = batch.to(torch.get_default_dtype())
+        if batch is None or batch.dim() < 1 or batch.shape[0] != len(idx):
+            raise ValueError(
+                f"{self.name}[indices] returned {type(batch).__name__} "
+                f"{tuple(getattr(batch, 'shape', ()))} for {len(idx)} indices; a Dataset read "
+                "by minibatch must return one row per index."
+            )
+        batch = self._convert(batch)
+        rows = f" of the minibatch at dataset indices {idx[:5].tolist()}..."
+        _check_finite(batch, self.name, rows)
         return batch if self.device is None else batch.to(self.device, non_blocking=True)
 
 
@@ -160,16 +206,80 @@ def _positive_int(name: str, value) -> int:
 
 
 def _accepts_size(fn: Callable) -> bool:
+    """Whether ``fn`` has a parameter actually named ``size``.
+
+    A ``**kwargs`` catch-all does not count: pyroVED-style models take ``**kwargs`` and
+    ignore ``size``, and passing it to them would not scale their data plate.
+    """
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
-    return "size" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    p = params.get("size")
+    return p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+
+
+class _ObservedScale(Messenger):
+    """Records the largest scale of the observed sample sites of one model run."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale: float | None = None
+
+    def _postprocess_message(self, msg):
+        if msg["type"] != "sample" or not msg["is_observed"] or isinstance(msg["fn"], _Subsample):
+            return
+        s = msg["scale"]
+        if torch.is_tensor(s):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                s = float(s.detach().double().mean())
+        s = float(s)
+        self.scale = s if self.scale is None else max(self.scale, s)
+
+
+class _CountedModel:
+    """The model, recording how many data points its last minibatch stood for.
+
+    That number is ``B * s``: the minibatch's ``B = len(x)`` rows times the largest scale
+    ``s`` of the observed sites (``N / B`` in ``pyro.plate("data", N, subsample=x)``, 1 in
+    ``pyro.plate("data", len(x))``, ``c`` under ``poutine.scale(scale=c)``). The loss
+    divided by it is the loss per data point, whatever the model's plate scaling. A model
+    with no observed site counts one data point per row. Under a JIT-compiled objective the
+    model runs only while compiling; the count of that run is kept (every minibatch has the
+    same size there).
+    """
+
+    def __init__(self, model: Callable):
+        self.model = model
+        self.points: float | None = None
+
+    def __call__(self, x, *args, **kwargs):
+        recorder = _ObservedScale()
+        with recorder:
+            out = self.model(x, *args, **kwargs)
+        rows = x.shape[0] if torch.is_tensor(x) and x.dim() >= 1 else 1
+        self.points = rows * (1.0 if recorder.scale is None else recorder.scale)
+        return out
+
+    def per_point(self, loss: float, rows: int) -> float:
+        points = self.points if self.points and self.points > 0 else rows
+        return loss / points
 
 
 def _make_optimizer(optimizer, lr):
+    """The optimizer, its name and the learning rate it runs with (``None`` if unknown)."""
     if isinstance(optimizer, pyro.optim.PyroOptim):
-        return optimizer, type(optimizer).__name__
+        if lr is not None:
+            raise ValueError(
+                f"lr={lr!r} applies only to a named optimizer; a {type(optimizer).__name__} "
+                "instance carries its own learning rate. Put it in the instance's args "
+                "(e.g. pyro.optim.Adam({'lr': 1e-3})) and leave lr unset."
+            )
+        args = getattr(optimizer, "pt_optim_args", None)
+        used = args.get("lr") if isinstance(args, Mapping) else None
+        return optimizer, type(optimizer).__name__, None if used is None else float(used)
+    lr = 1e-3 if lr is None else lr
     if isinstance(optimizer, str):
         key = optimizer.lower().replace("_", "")
         if key not in _OPTIMIZERS:
@@ -177,9 +287,11 @@ def _make_optimizer(optimizer, lr):
                 f"optimizer must be one of {sorted(_OPTIMIZERS)} or a pyro.optim.PyroOptim; got "
                 f"{optimizer!r}."
             )
-        if not (isinstance(lr, numbers.Real) and lr > 0 and math.isfinite(lr)):
+        if isinstance(lr, bool) or not (
+            isinstance(lr, numbers.Real) and lr > 0 and math.isfinite(lr)
+        ):
             raise ValueError(f"lr must be a positive number; got {lr!r}.")
-        return _OPTIMIZERS[key]({"lr": float(lr)}), key
+        return _OPTIMIZERS[key]({"lr": float(lr)}), key, float(lr)
     raise TypeError(
         f"optimizer must be a name ({sorted(_OPTIMIZERS)}) or a pyro.optim.PyroOptim; got "
         f"{type(optimizer).__name__}."
@@ -235,17 +347,68 @@ def _set_rng_state(state: Mapping) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+#: Names of the temporary files of :func:`save_checkpoint` (``.<name>.pt[.json].<random>.tmp``),
+#: also the ``.<name>.pt.<pid>.tmp`` of earlier versions.
+_TEMP_NAME = re.compile(r"^\..+\.pt(\.json)?\..+\.tmp$")
+
+
+def _write_temp(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a new temporary file next to ``path``, synced; return its path.
+
+    ``tempfile.mkstemp`` creates the file with ``O_CREAT | O_EXCL`` under a random name, so
+    a symlink planted at a predictable name is never followed.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with open(tmp, mode) as f:
-            write(f)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        os.close(fd)
+
+
+def _clean_stale_temps(directory: Path) -> list[str]:
+    """Remove the temporary files that killed runs left in ``directory``; return their names.
+
+    Only names of :func:`save_checkpoint`'s pattern are touched (a symlink is unlinked, never
+    followed). Call it when no other process writes checkpoints into ``directory``.
+    """
+    removed = []
+    if not directory.is_dir():
+        return removed
+    for entry in os.scandir(directory):
+        if _TEMP_NAME.match(entry.name) and not entry.is_dir(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def _sidecar_path(path: Path) -> Path:
+    return path.with_suffix(path.suffix + ".json")
+
+
+def _sidecar_text(metadata_json: str, digest: str) -> str:
+    meta = json.loads(metadata_json)
+    return json.dumps({"format": CHECKPOINT_FORMAT, "sha256": digest, **meta}, indent=2)
 
 
 def save_checkpoint(
@@ -258,15 +421,21 @@ def save_checkpoint(
     metadata: Mapping[str, Any] | None = None,
     param_names=None,
 ) -> Path:
-    """Write a checkpoint atomically: ``path`` (``torch.save``) and ``path.json``.
+    """Write a checkpoint atomically: ``path`` (``torch.save``) and its sidecar ``path.json``.
 
     The ``.pt`` file holds the param store (unconstrained values), ``module.state_dict()``
     (buffers included), the optimizer state, ``objective.state_dict()``, the RNG states of
-    torch, CUDA, numpy and ``random``, and ``extra``; everything loads with
-    ``torch.load(..., weights_only=True)``. The JSON file holds ``metadata`` for people.
-    ``param_names`` restricts the saved param-store entries (default: all of them).
-    Each file is written to a temporary file, synced and renamed, so a crash never leaves a
-    half-written checkpoint.
+    torch, CUDA, numpy and ``random``, ``extra``, and ``metadata`` (as a JSON string);
+    everything loads with ``torch.load(..., weights_only=True)``. The JSON sidecar holds
+    ``metadata`` for people, and the SHA-256 of the ``.pt`` file it describes.
+
+    Both files are written to temporary files made with :func:`tempfile.mkstemp` (``O_EXCL``,
+    random names: a planted symlink is never followed), synced, then renamed over the final
+    names, the ``.pt`` first. A crash never leaves a half-written file at a final path. Two
+    renames cannot be one atomic step, so a crash between them can leave the previous sidecar
+    next to the new ``.pt``: the hash binds them, and :func:`load_checkpoint` detects the
+    mismatch and rewrites the sidecar from the ``.pt``'s own copy of the metadata. Temporary
+    files of killed runs are removed by the next :func:`fit` with the same ``checkpoint_dir``.
 
     Parameters
     ----------
@@ -280,8 +449,9 @@ def save_checkpoint(
     extra : mapping, optional
         Further ``weights_only``-loadable content (``fit`` stores epoch, step and history).
     metadata : mapping, optional
-        JSON-able content of the sidecar.
+        JSON-able content of the sidecar (other values are written as their ``repr``).
     param_names : collection of str, optional
+        Restricts the saved param-store entries (default: all of them).
 
     Returns
     -------
@@ -290,6 +460,7 @@ def save_checkpoint(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    metadata_json = json.dumps(dict(metadata or {}), default=repr)
     state = {
         "format": CHECKPOINT_FORMAT,
         "params": {
@@ -304,15 +475,46 @@ def save_checkpoint(
         "objective": objective.state_dict() if hasattr(objective, "state_dict") else {},
         "rng": _rng_state(),
         "extra": dict(extra or {}),
+        "metadata": metadata_json,
     }
-    _atomic_write(path, lambda f: torch.save(state, f))
-    meta = {"format": CHECKPOINT_FORMAT, **(metadata or {})}
-    _atomic_write(
-        path.with_suffix(path.suffix + ".json"),
-        lambda f: f.write(json.dumps(meta, indent=2, default=repr)),
-        mode="w",
-    )
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    sidecar = _sidecar_path(path)
+    side_text = _sidecar_text(metadata_json, hashlib.sha256(data).hexdigest())
+    tmp_pt = _write_temp(path, data)
+    try:
+        tmp_json = _write_temp(sidecar, side_text.encode())
+    except BaseException:
+        tmp_pt.unlink(missing_ok=True)
+        raise
+    try:
+        os.replace(tmp_pt, path)
+        os.replace(tmp_json, sidecar)
+    finally:
+        tmp_pt.unlink(missing_ok=True)
+        tmp_json.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
     return path
+
+
+#: What a checkpoint's top level must hold, and the types of the values.
+_CHECKPOINT_KEYS = {
+    "params": dict,
+    "module": (dict, type(None)),
+    "optimizer": (dict, type(None)),
+    "objective": dict,
+    "rng": dict,
+    "extra": dict,
+}
+
+
+def _damaged(path: Path, why: str) -> ValueError:
+    return ValueError(
+        f"{str(path)!r} is not a readable pyrobust checkpoint (format {CHECKPOINT_FORMAT}): "
+        f"{why}. The file is damaged, truncated or of another kind; use another checkpoint "
+        "(e.g. best.pt instead of last.pt) or start fresh."
+    )
 
 
 def load_checkpoint(
@@ -323,6 +525,12 @@ def load_checkpoint(
     map_location: str | torch.device | None = "cpu",
 ) -> dict:
     """Load a checkpoint written by :func:`fit` / :func:`save_checkpoint`.
+
+    The file is read with ``torch.load(..., weights_only=True)`` (data, never code) and its
+    layout is checked. If the JSON sidecar does not carry the file's SHA-256 (a run killed
+    between the two renames of :func:`save_checkpoint`, or a hand-edited sidecar), the
+    sidecar is rewritten from the metadata stored in the ``.pt`` file (when the directory is
+    writable): the ``.pt`` file is the authority.
 
     Parameters
     ----------
@@ -341,19 +549,66 @@ def load_checkpoint(
     -------
     dict
         The checkpoint (``"params"``, ``"module"``, ``"optimizer"``, ``"objective"``,
-        ``"rng"``, ``"extra"``), loaded with ``weights_only=True``.
+        ``"rng"``, ``"extra"``, and ``"metadata"``: the sidecar's content as a dict).
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    ValueError
+        A damaged, truncated or foreign file (the message names the path), or parameters
+        that do not match ``vae_or_pair``.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint at {str(path)!r}.")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    data = path.read_bytes()
+    try:
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as err:  # any failure to parse the file means it is not a checkpoint
+        raise _damaged(path, f"torch.load failed ({type(err).__name__}: {err})") from err
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"{str(path)!r} is not a pyrobust checkpoint (format {CHECKPOINT_FORMAT})."
-        )
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise _damaged(path, f"its format is {found!r}")
+    for key, kind in _CHECKPOINT_KEYS.items():
+        if not isinstance(state.get(key), kind):
+            raise _damaged(path, f"its entry {key!r} is {type(state.get(key)).__name__}")
+    bad = [k for k, v in state["params"].items() if not torch.is_tensor(v)]
+    if bad:
+        raise _damaged(path, f"params {bad[:5]} are not tensors")
+    metadata_json = state.get("metadata")
+    if metadata_json is None:  # written before the sidecar was bound to the file
+        state["metadata"] = {}
+    else:
+        try:
+            state["metadata"] = json.loads(metadata_json)
+        except (TypeError, ValueError) as err:
+            raise _damaged(path, "its metadata is not JSON") from err
+        if not isinstance(state["metadata"], dict):
+            raise _damaged(path, "its metadata is not a JSON object")
+        _repair_sidecar(path, metadata_json, hashlib.sha256(data).hexdigest())
     if vae_or_pair is not None:
         _restore_params(state, vae_or_pair, example)
     return state
+
+
+def _repair_sidecar(path: Path, metadata_json: str, digest: str) -> None:
+    """Rewrite ``path``'s sidecar if it does not carry ``digest`` (best effort)."""
+    sidecar = _sidecar_path(path)
+    try:
+        current = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        current = None
+    if isinstance(current, dict) and current.get("sha256") == digest:
+        return
+    try:
+        tmp = _write_temp(sidecar, _sidecar_text(metadata_json, digest).encode())
+        try:
+            os.replace(tmp, sidecar)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError:
+        pass  # a read-only directory: the .pt file is still the authority
 
 
 def _restore_params(state, vae_or_pair, example) -> None:
@@ -420,7 +675,7 @@ def _epoch_permutation(n: int, seed: int, epoch: int, device) -> torch.Tensor:
     return torch.randperm(n, generator=g).to(device)
 
 
-def _svi_step(svi: SVI, x, kwargs, where: str, elbo):
+def _svi_step(svi: SVI, x, args, kwargs, where: str, elbo):
     """SVI.step with a finiteness check between the gradients and the update.
 
     Returns the loss and the names of the params it updated.
@@ -428,7 +683,7 @@ def _svi_step(svi: SVI, x, kwargs, where: str, elbo):
     with poutine.trace(param_only=True) as capture, warnings.catch_warnings():
         # Pyro warns "Encountered NaN"; the check below raises a more precise error instead.
         warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
-        loss = svi.loss_and_grads(svi.model, svi.guide, x, **kwargs)
+        loss = svi.loss_and_grads(svi.model, svi.guide, x, *args, **kwargs)
     params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
     loss = float(loss)
     if not math.isfinite(loss):
@@ -454,7 +709,17 @@ def _svi_step(svi: SVI, x, kwargs, where: str, elbo):
     return loss, capture.trace.nodes.keys()
 
 
-def _evaluate(elbo, model, guide, source: _Source, batch_size, kwargs_for, seed, device) -> float:
+def _evaluate(
+    elbo,
+    model: _CountedModel,
+    guide,
+    source: _Source,
+    args: _ModelArgs,
+    batch_size,
+    extra_kwargs,
+    seed,
+    device,
+) -> float:
     """Mean per-data-point loss over ``source`` in batches.
 
     The draws come from a forked RNG seeded with ``seed``, so validating does not change the
@@ -467,10 +732,11 @@ def _evaluate(elbo, model, guide, source: _Source, batch_size, kwargs_for, seed,
     with torch.no_grad(), torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for start in range(0, n, batch_size):
-            xb = source.get(order[start : start + batch_size])
-            kw = kwargs_for(n)
-            per = float(elbo.loss(model, guide, xb, **kw)) / (n if kw else xb.shape[0])
-            total += per * xb.shape[0]
+            idx = order[start : start + batch_size]
+            xb = source.get(idx)
+            a, kw = args.get(idx)
+            loss = float(elbo.loss(model, guide, xb, *a, **extra_kwargs(n), **kw))
+            total += model.per_point(loss, xb.shape[0]) * xb.shape[0]
     return total / n
 
 
@@ -481,9 +747,13 @@ def fit(
     elbo=None,
     epochs: int,
     batch_size: int,
-    lr: float = 1e-3,
+    lr: float | None = None,
     optimizer: str | pyro.optim.PyroOptim = "adam",
     val_data=None,
+    model_args=(),
+    model_kwargs: Mapping[str, Any] | None = None,
+    val_model_args=None,
+    val_model_kwargs: Mapping[str, Any] | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int = 1,
     resume: bool | str | os.PathLike = False,
@@ -496,9 +766,30 @@ def fit(
 
     Each epoch visits the data in a random order drawn from ``seed`` and the epoch number, in
     minibatches of ``batch_size``; before each step the objective's schedules are set to the
-    global step (``elbo.set_step``). The model and guide are called as ``model(x_batch,
-    size=N)`` when they accept ``size`` (as :class:`pyrobust.models.VAE` does, so the data
-    plate scales the minibatch to the dataset), else as ``model(x_batch)``.
+    global step (``elbo.set_step``).
+
+    **How the model is called.** As :class:`pyro.infer.Predictive` does,
+    ``model(x_batch, *model_args, **model_kwargs)`` (the guide alike), where every tensor in
+    ``model_args`` / ``model_kwargs`` whose leading dim is ``N = len(data)`` is *per data
+    point* and is minibatched with ``x`` (the same rows); every other value passes through
+    unchanged. So a conditional VAE ``model(x, y)`` trains with ``model_args=(y,)``. When the
+    model and the guide both have a parameter actually named ``size`` (as
+    :class:`pyrobust.models.VAE` does; a ``**kwargs`` catch-all does not count), ``size=N``
+    is passed too, so that ``pyro.plate("data", size, subsample=x)`` scales the minibatch to
+    the dataset.
+
+    **What is recorded.** ``train_loss`` and ``val_loss`` are losses *per data point*,
+    whatever the model's plate scaling: each minibatch's loss is divided by the number of
+    data points it stands for, its rows times the scale of the model's observed sites
+    (``N/B`` for a plate subsampled to ``B`` of ``N``, 1 for ``pyro.plate("data", len(x))``
+    or a sizeless plate). The per-step ``loss`` is the objective's value as returned.
+
+    **Objectives.** Any Pyro ELBO works, with its own gradient estimator. pyrobust's
+    objectives (:class:`~pyrobust.inference.BetaELBO`, ...) are reparameterized estimators
+    and refuse a guide site that cannot be reparameterized (a discrete ``y``) by name at the
+    first step. For such a guide (e.g. the semi-supervised VAE M2), enumerate the site with
+    :func:`pyro.infer.config_enumerate` and train with
+    ``pyro.infer.TraceEnum_ELBO(max_plate_nesting=1)``.
 
     Parameters
     ----------
@@ -507,30 +798,48 @@ def fit(
     data : torch.Tensor, numpy array or Dataset
         Training inputs. A tensor is moved to ``device`` once; a Dataset that accepts a
         LongTensor of indices (e.g. :class:`pyrobust.data.DSpritesDataset`) is read one
-        minibatch at a time; any other map-style Dataset is materialised once. Of tuple items,
-        the first element is the input.
+        minibatch at a time; any other map-style Dataset is materialised once. Of tuple items
+        (e.g. a ``TensorDataset(x, y)``), only the first element is used: the others are
+        *not* passed to the model; pass conditioning values explicitly as ``model_args``.
+        Floating inputs are converted to the dtype of the parameters of the modules
+        reachable from ``vae_or_pair`` (the module itself, a bound method's owner and its
+        attributes), so numpy's float64 arrays train a float32 model; integer and bool inputs
+        to that dtype, or torch's default. NaN or infinite values are refused
+        (``ValueError`` naming ``data``).
     elbo : pyro.infer.ELBO, optional
         The objective; default :class:`~pyrobust.inference.BetaELBO` ``(1.0)``.
     epochs : int
         Total number of epochs (when resuming, training continues up to this number).
     batch_size : int
-    lr : float, default 1e-3
-        Learning rate of a named ``optimizer``.
+    lr : float, optional
+        Learning rate of a named ``optimizer`` (default 1e-3). Not allowed with an optimizer
+        instance, which carries its own.
     optimizer : str or pyro.optim.PyroOptim, default "adam"
         ``"adam"``, ``"adamw"``, ``"clippedadam"``, ``"sgd"``, ``"rmsprop"`` or an instance.
     val_data : optional
-        Validation inputs; their mean per-data-point loss is recorded every epoch and chooses
-        the best checkpoint. It is computed with a forked RNG seeded with ``seed``: the same
-        noise every epoch, and no effect on the training trajectory.
+        Validation inputs, as ``data``; their mean per-data-point loss is recorded every epoch
+        and chooses the best checkpoint. It is computed with a forked RNG seeded with
+        ``seed``: the same noise every epoch, and no effect on the training trajectory.
+    model_args : tuple, default ()
+        Extra positional arguments of the model and guide, after ``x``.
+    model_kwargs : dict, optional
+        Extra keyword arguments of the model and guide.
+    val_model_args, val_model_kwargs : optional
+        The same for ``val_data`` (per-data-point tensors have leading dim
+        ``len(val_data)``). Default ``model_args`` / ``model_kwargs``, allowed only when these
+        hold no per-data-point tensor (else pass the validation ones).
     checkpoint_dir : path-like, optional
         Where to write ``last.pt`` (every ``checkpoint_every`` epochs and at the end) and
         ``best.pt`` (lowest validation loss, or training loss without validation data), each
-        with a ``.json`` sidecar. See :func:`save_checkpoint`.
+        with a ``.json`` sidecar bound to it by its SHA-256. See :func:`save_checkpoint`.
+        Temporary files left there by killed runs are removed at the start.
     checkpoint_every : int, default 1
     resume : bool or path-like, default False
         ``True`` continues from ``checkpoint_dir/last.pt`` if it exists (else starts fresh); a
         path continues from that checkpoint. The continuation is bit-for-bit the run that
-        was never interrupted (same seed, same settings).
+        was never interrupted, so the settings that shape the trajectory (``batch_size``,
+        ``seed``, the data size, the objective, the optimizer and ``lr``) must be those of
+        the checkpoint: a difference is refused, naming the setting.
     device : str or torch.device, optional
         Default: the module's device, else the data's.
     seed : int, default 0
@@ -551,7 +860,9 @@ def fit(
     Raises
     ------
     ValueError, TypeError
-        For bad settings or data, before any training step.
+        For bad settings or data, before any training step; a guide site that the objective
+        cannot differentiate through, at the first step; a float dtype that the model does
+        not compute in (``TypeError``), at the first step.
     FloatingPointError
         When a step's loss is NaN or infinite; the message names the step and the term, the
         update is not applied and checkpoints already written are left intact.
@@ -561,6 +872,11 @@ def fit(
     >>> from pyrobust.inference import BetaTCELBO, fit  # doctest: +SKIP
     >>> history = fit(vae, x, elbo=BetaTCELBO(beta=6.0), epochs=10, batch_size=256)  # doctest: +SKIP
     >>> history["history"]["val_loss"].plot()  # doctest: +SKIP
+
+    A conditional VAE ``model(x, y)`` / ``guide(x, y)``:
+
+    >>> fit((cvae.model, cvae.guide), x, model_args=(y,), val_data=x_val,  # doctest: +SKIP
+    ...     val_model_args=(y_val,), epochs=10, batch_size=128)
     """
     model, guide, module = _split_pair(vae_or_pair)
     epochs = _positive_int("epochs", epochs)
@@ -572,9 +888,31 @@ def fit(
         checkpoint_dir = Path(resume).parent
     if resume is True and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir (where last.pt lives).")
-    x = _Source(data, "data")
-    x_val = None if val_data is None else _Source(val_data, "val_data")
+    dtype = _model_dtype(vae_or_pair, model, guide)
+    x = _Source(data, "data", dtype)
     n = x.n
+    args = _ModelArgs(model_args, model_kwargs, n)
+    x_val, val_args = None, None
+    if val_data is not None:
+        x_val = _Source(val_data, "val_data", dtype)
+        if val_model_args is None and val_model_kwargs is None:
+            if args.per_point:
+                raise ValueError(
+                    f"model_args/model_kwargs hold per-data-point tensors (leading dim "
+                    f"len(data)={n}), so the validation data needs its own: pass "
+                    f"val_model_args=/val_model_kwargs= with leading dim len(val_data)="
+                    f"{x_val.n}."
+                )
+            val_args = _ModelArgs(model_args, model_kwargs, x_val.n)
+        else:
+            val_args = _ModelArgs(
+                model_args if val_model_args is None else val_model_args,
+                model_kwargs if val_model_kwargs is None else val_model_kwargs,
+                x_val.n,
+                names=("val_model_args", "val_model_kwargs"),
+            )
+    elif val_model_args is not None or val_model_kwargs is not None:
+        raise ValueError("val_model_args/val_model_kwargs are given but val_data is not.")
     elbo = BetaELBO(1.0) if elbo is None else elbo
     if not (hasattr(elbo, "loss") and hasattr(elbo, "loss_and_grads")):
         raise TypeError(f"elbo must be a pyro.infer.ELBO; got {type(elbo).__name__}.")
@@ -584,31 +922,35 @@ def fit(
             f"The objective's dataset_size ({dataset_size}) is smaller than the minibatch "
             f"({min(batch_size, n)}); pass dataset_size=len(data) ({n}) or leave it None."
         )
-    optim, optim_name = _make_optimizer(optimizer, lr)
+    optim, optim_name, lr_used = _make_optimizer(optimizer, lr)
     device = _resolve_device(device, module, x)
     if module is not None:
         module.to(device)
     x.to(device)
+    args.to(device, dtype)
     if x_val is not None:
         x_val.to(device)
-    use_size = _accepts_size(model) and _accepts_size(guide)
+        val_args.to(device, dtype)
+    use_size = _accepts_size(model) and _accepts_size(guide) and "size" not in args.kwargs
 
-    def kwargs_for(size):
+    def size_kwargs(size):
         return {"size": size} if use_size else {}
 
-    svi = SVI(model, guide, optim, loss=elbo)
+    counted = _CountedModel(model)
+    svi = SVI(counted, guide, optim, loss=elbo)
     num_batches = math.ceil(n / batch_size)
     ckpt_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
     settings = {
         "epochs": epochs,
         "batch_size": batch_size,
-        "lr": lr,
+        "lr": lr_used,
         "optimizer": optim_name,
         "seed": int(seed),
         "device": str(device),
         "num_train": n,
         "num_val": 0 if x_val is None else x_val.n,
         "num_batches": num_batches,
+        "size_passed": use_size,
         "checkpoint_dir": None if ckpt_dir is None else str(ckpt_dir),
         "checkpoint_every": checkpoint_every,
         "validate": bool(validate),
@@ -623,19 +965,27 @@ def fit(
         resume_path = ckpt_dir / "last.pt" if resume is True else Path(resume)
         if resume is True and not resume_path.exists():
             resume_path = None
+    if ckpt_dir is not None:
+        _clean_stale_temps(ckpt_dir)
     with pyro.validation_enabled(validate):
         if resume_path is not None:
             state = load_checkpoint(resume_path, map_location="cpu")
-            extra = state["extra"]
+            extra = _resume_extra(state, resume_path)
             _check_same_trajectory(extra.get("trajectory", {}), settings, resume_path)
-            first = x.get(torch.arange(min(batch_size, n), device=x.index_device))
-            _init_params(elbo, model, guide, first, kwargs_for(n))
+            idx = torch.arange(min(batch_size, n), device=x.index_device)
+            first = x.get(idx)
+            a, kw = args.get(idx)
+            with _named_dtype_errors("data", first.dtype):
+                _init_params(elbo, counted, guide, first, a, {**size_kwargs(n), **kw})
             _restore_params(state, (model, guide) if module is None else vae_or_pair, None)
             param_names.update(state["params"])
-            optim.set_state(state["optimizer"] or {})
-            if hasattr(elbo, "load_state_dict"):
-                elbo.load_state_dict(state["objective"])
-            _set_rng_state(state["rng"])
+            try:
+                optim.set_state(state["optimizer"] or {})
+                if hasattr(elbo, "load_state_dict"):
+                    elbo.load_state_dict(state["objective"])
+                _set_rng_state(state["rng"])
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+                raise _damaged(resume_path, f"its state does not fit this run ({err})") from err
             start_epoch, step, best = int(extra["epoch"]), int(extra["step"]), float(extra["best"])
             history = _History.from_state(extra["history"])
         else:
@@ -673,11 +1023,14 @@ def fit(
                 perm = _epoch_permutation(n, seed, epoch, x.index_device)
                 train_sum = 0.0
                 for b in range(num_batches):
-                    xb = x.get(perm[b * batch_size : (b + 1) * batch_size])
+                    idx = perm[b * batch_size : (b + 1) * batch_size]
+                    xb = x.get(idx)
+                    a, kw = args.get(idx)
                     if hasattr(elbo, "set_step"):
                         elbo.set_step(step)
                     where = f"epoch {epoch + 1}, step {step} (batch {b + 1}/{num_batches})"
-                    loss, names = _svi_step(svi, xb, kwargs_for(n), where, elbo)
+                    with _named_dtype_errors("data", xb.dtype):
+                        loss, names = _svi_step(svi, xb, a, {**size_kwargs(n), **kw}, where, elbo)
                     param_names.update(names)
                     terms = dict(getattr(elbo, "last_terms", {}) or {})
                     terms["loss"] = loss
@@ -685,15 +1038,24 @@ def fit(
                         terms[f"coef_{name}"] = elbo.coefficient(name)
                     terms["epoch_of_step"] = epoch + 1
                     history.add(history.steps, terms)
-                    train_sum += loss / (n if use_size else xb.shape[0]) * xb.shape[0]
+                    train_sum += counted.per_point(loss, xb.shape[0]) * xb.shape[0]
                     step += 1
                     bar.update(1)
                     bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4g}", refresh=False)
                 record = {"train_loss": train_sum / n, "time": time.perf_counter() - t0}
                 if x_val is not None:
-                    record["val_loss"] = _evaluate(
-                        elbo, model, guide, x_val, batch_size, kwargs_for, seed, device
-                    )
+                    with _named_dtype_errors("val_data", x_val.batch_dtype):
+                        record["val_loss"] = _evaluate(
+                            elbo,
+                            counted,
+                            guide,
+                            x_val,
+                            val_args,
+                            batch_size,
+                            size_kwargs,
+                            seed,
+                            device,
+                        )
                 history.add(history.epochs, record)
                 monitored = record.get("val_loss", record["train_loss"])
                 improved = monitored < best
@@ -709,11 +1071,41 @@ def fit(
     return _history_tree(history, settings)
 
 
+@contextlib.contextmanager
+def _named_dtype_errors(name: str, dtype: torch.dtype):
+    """Turn a raw torch dtype mismatch inside the block into a TypeError naming ``name``."""
+    try:
+        yield
+    except RuntimeError as err:
+        named = _dtype_mismatch(err, name, dtype)
+        if named is None:
+            raise
+        raise named from err
+
+
 #: Settings that must match for a resumed run to continue the same trajectory.
-_TRAJECTORY_KEYS = ("batch_size", "seed", "num_train", "objective", "optimizer")
+_TRAJECTORY_KEYS = ("batch_size", "seed", "num_train", "objective", "optimizer", "lr")
+
+
+def _resume_extra(state: Mapping, path: Path) -> Mapping:
+    extra = state["extra"]
+    for key in ("epoch", "step", "best", "history"):
+        if key not in extra:
+            raise _damaged(path, f"it has no {key!r} to resume from (not written by fit)")
+    history = extra["history"]
+    if not (
+        isinstance(history, Mapping)
+        and isinstance(history.get("steps"), Mapping)
+        and isinstance(history.get("epochs"), Mapping)
+        and all(torch.is_tensor(v) for t in ("steps", "epochs") for v in history[t].values())
+    ):
+        raise _damaged(path, "its training history is malformed")
+    return extra
 
 
 def _check_same_trajectory(saved: Mapping, settings: Mapping, path: Path) -> None:
+    if not isinstance(saved, Mapping):
+        raise _damaged(path, "its recorded settings are malformed")
     diff = {
         k: (saved[k], settings[k])
         for k in _TRAJECTORY_KEYS
@@ -727,10 +1119,10 @@ def _check_same_trajectory(saved: Mapping, settings: Mapping, path: Path) -> Non
         )
 
 
-def _init_params(elbo, model, guide, xb, kwargs) -> None:
-    """Create every param (and lazily built state) by one evaluation; RNG restored after."""
+def _init_params(elbo, model, guide, xb, args, kwargs) -> None:
+    """Create every param (and lazily built state) by one evaluation."""
     with torch.no_grad():
-        elbo.loss(model, guide, xb, **kwargs)
+        elbo.loss(model, guide, xb, *args, **kwargs)
 
 
 def _progress_bar(show: bool, total: int, initial: int):

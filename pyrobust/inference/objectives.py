@@ -52,11 +52,11 @@ import pyro.ops.jit
 import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import TraceMeanField_ELBO
-from pyro.infer.util import check_fully_reparametrized, is_validation_enabled, torch_item
+from pyro.infer.util import torch_item
 from torch.distributions import kl_divergence
 
+from pyrobust.inference._protocol import _diag_normal, _get_site
 from pyrobust.inference.schedules import Constant, Schedule, as_schedule
-from pyrobust.models.sites import _diag_normal, _get_site
 
 __all__ = [
     "BetaELBO",
@@ -218,8 +218,7 @@ class _SiteELBO(TraceMeanField_ELBO):
                     f"The model's latent site {name!r} has no counterpart in the guide; "
                     f"{type(self).__name__} needs every latent site sampled by the guide."
                 )
-            if is_validation_enabled():
-                check_fully_reparametrized(guide_site)
+            _check_reparameterized(guide_site, type(self).__name__)
             if name == self.latent_site:
                 found = True
                 term, terms = self._latent_term(model_site, guide_site)
@@ -237,6 +236,7 @@ class _SiteELBO(TraceMeanField_ELBO):
                         f"The guide's site {name!r} is not in the model; mark auxiliary guide "
                         "sites with infer={'is_auxiliary': True}."
                     )
+                _check_reparameterized(guide_site, type(self).__name__)
                 elbo = elbo - guide_site["score_parts"].entropy_term.sum()
         loss = -elbo
         self._record({"loss": loss, "reconstruction": recon})
@@ -245,6 +245,31 @@ class _SiteELBO(TraceMeanField_ELBO):
 
     def _latent_term(self, model_site, guide_site):  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def _check_reparameterized(guide_site, objective: str) -> None:
+    """Refuse a guide site without ``rsample`` (every step, validation on or off).
+
+    These objectives differentiate through the guide's samples only; a site that cannot be
+    reparameterized (a discrete ``Categorical``, a ``Bernoulli``, ...) would need a
+    score-function term, which they do not have, so training would silently follow a wrong
+    gradient. Pyro's :class:`~pyro.infer.TraceMeanField_ELBO` refuses such sites only with
+    validation on.
+    """
+    fn = guide_site["fn"]
+    if fn.has_rsample:
+        return
+    name = guide_site["name"]
+    raise ValueError(
+        f"The guide's site {name!r} ({type(fn).__name__}) cannot be reparameterized, and "
+        f"{objective} differentiates through the guide's samples only: its score-function "
+        "term would be silently missing. Fix: enumerate the discrete site, i.e. decorate the "
+        "guide with pyro.infer.config_enumerate (or sample it with "
+        "infer={'enumerate': 'parallel'}) and train with pyro.infer.TraceEnum_ELBO("
+        "max_plate_nesting=1) (pyrobust.inference.fit accepts any Pyro ELBO); or use "
+        "pyro.infer.TraceGraph_ELBO (score-function gradients); or replace the site by a "
+        "reparameterizable relaxation (e.g. dist.RelaxedOneHotCategorical)."
+    )
 
 
 def _kl(guide_site, model_site) -> torch.Tensor:
@@ -269,6 +294,21 @@ def _n_eff(guide_site, batch_shape) -> torch.Tensor:
     ones = value.new_ones(batch_shape)
     w = scale_and_mask(ones, scale=guide_site["scale"], mask=guide_site["mask"])
     return w if torch.is_tensor(w) else ones * w
+
+
+def _plate_size(frame, rows) -> int:
+    """The dataset size a data plate stands for.
+
+    ``pyro.plate("data", N, subsample=x)`` gives ``N`` (its ``full_size``); a plate without
+    a size (``pyro.plate("data")``, size ``-1``: inferred from broadcasting) is read as the
+    minibatch itself, ``rows``, like ``pyro.plate("data", len(x))``.
+    """
+    n = frame.full_size if frame.full_size is not None else frame.size
+    if torch.is_tensor(n) and n.dim() == 0:  # under torch.jit tracing
+        n = int(n)
+    if n is None or n < 1:
+        return int(rows)
+    return int(n)
 
 
 def _data_frame(guide_site, latent_site: str):
@@ -631,10 +671,7 @@ class BetaTCELBO(_SiteELBO):
         loc, scale = _diag_normal(guide_site["fn"], self.latent_site)
         frame = _data_frame(guide_site, self.latent_site)
         m = z.shape[-2]
-        n = self.dataset_size
-        if n is None:
-            n = frame.full_size if frame.full_size is not None else frame.size
-            n = int(n)
+        n = self.dataset_size if self.dataset_size is not None else _plate_size(frame, m)
         _check_sizes(m, n)
         log_w = self._log_weights(m, n, z)
         log_qz, log_qz_marg = log_aggregate_posterior(z, loc, scale, n, log_weights=log_w)
