@@ -71,6 +71,8 @@ Stable private API:
   first_round, growth, device) -> SequentialResult`` (one-sided; the stopping rule of the margin
   bound's :math:`p_A`)
 * :func:`look_schedule` ``(first_round, growth, max_samples) -> tuple[int, ...]``
+* :func:`indicator_draw` ``(pair, x, delta, r, *, reference, generator, max_batch) -> draw``
+  (the draws of r-robustness cells for :func:`sequential_decide`)
 * :data:`ABOUT_HALF` (decision code 2) and :func:`sequential_labels` ``(codes)``
 
 References
@@ -86,6 +88,7 @@ References
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import numbers
@@ -102,6 +105,7 @@ __all__ = [
     "ABOUT_HALF",
     "METHOD",
     "SequentialResult",
+    "indicator_draw",
     "look_schedule",
     "sequential_decide",
     "sequential_labels",
@@ -502,3 +506,95 @@ def sequential_labels(codes) -> np.ndarray:
     for code, label in SEQUENTIAL_DECISIONS.items():
         out[codes == code] = label
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# draws of the r-robustness indicator for the active cells of a query
+# --------------------------------------------------------------------------------------------
+#: Most distances held at once per round chunk (bounds memory; independent of ``max_batch`` so
+#: the bits do not depend on it).
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def _pair_rows(pair, index: torch.Tensor):
+    """The pair restricted to input rows ``index`` (a LongTensor, repeats allowed)."""
+    from pyrobust.models import sites
+
+    sub = copy.copy(pair)
+    n = pair.n
+    sub.n = int(index.numel())
+    sub._folded = {}
+    sub.args = tuple(sites._take(a, n, index) for a in pair.args)
+    sub.kwargs = {k: sites._take(v, n, index) for k, v in pair.kwargs.items()}
+    if getattr(pair, "obs_value", None) is not None:
+        sub.obs_value = pair.obs_value[index.to(pair.obs_value.device)]
+    return sub
+
+
+def indicator_draw(
+    pair,
+    x: torch.Tensor,
+    delta: torch.Tensor | None,
+    r: torch.Tensor,
+    *,
+    reference: str,
+    generator: torch.Generator | None,
+    max_batch: int,
+) -> Draw:
+    r"""The ``draw`` of :func:`sequential_decide` for r-robustness cells.
+
+    Cells are ``(input, perturbation, radius)`` in row-major order over the shape
+    ``(n, *perturbation_shape, R)``; a round draws :math:`\|\Delta\|` once per active
+    (input, perturbation) unit (shared by its radii: common random numbers across radii) with
+    :func:`pyrobust.robustness._sampling.sample_distances` and returns the counts inside each
+    active cell's radius.
+
+    Parameters
+    ----------
+    pair : pyrobust.models.sites.Pair
+        The model/guide pair, built once per call.
+    x : torch.Tensor
+        Inputs ``(n, *event)``.
+    delta : torch.Tensor or None
+        Perturbations ``(*perturbation_shape, n, *event)`` or ``None`` (:math:`\delta = 0`).
+    r : torch.Tensor
+        Radii ``(R,)``.
+    reference, generator, max_batch
+        As in :func:`pyrobust.robustness._sampling.sample_distances`.
+    """
+    from pyrobust.robustness._sampling import sample_distances
+
+    n, event = x.shape[0], tuple(x.shape[1:])
+    if delta is None:
+        delta_flat, num_pert = None, 1
+    else:
+        num_pert = math.prod(delta.shape[: delta.dim() - x.dim()])
+        delta_flat = delta.reshape(num_pert, n, *event)
+    num_r = r.numel()
+    r_dev = r.to(x.device)
+
+    def draw(active: torch.Tensor, m: int) -> torch.Tensor:
+        active = active.to(x.device)
+        unit_of_cell = active // num_r
+        units, pos = torch.unique(unit_of_cell, sorted=True, return_inverse=True)
+        rows, pert = units // num_pert, units % num_pert
+        sub = _pair_rows(pair, rows)
+        x_rows = x[rows]
+        d_rows = None if delta_flat is None else delta_flat[pert, rows]
+        radius = r_dev[active % num_r].to(x.dtype)
+        counts = torch.zeros(active.numel(), dtype=torch.int64, device=x.device)
+        chunk = max(1, _CHUNK_ELEMENTS // max(1, units.numel()))
+        for start in range(0, m, chunk):
+            dist = sample_distances(
+                sub,
+                x_rows,
+                d_rows,
+                num_samples=min(chunk, m - start),
+                reference=reference,
+                generator=generator,
+                max_batch=max_batch,
+            )  # (s, units)
+            counts += (dist[:, pos] <= radius).sum(0)
+        return counts
+
+    return draw
