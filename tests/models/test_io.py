@@ -207,3 +207,132 @@ def test_custom_modules_need_registration(tmp_path, monkeypatch):
         load_model(path)
     with pytest.raises(TypeError, match="no config"):
         register_module(torch.nn.Linear)
+
+
+# ---- crafted and damaged files: named errors, bounded work ------------------------------------
+
+
+def _crafted(tmp_path, edit_config=None, edit_state=None, name="m.pt"):
+    """A valid model file whose config and/or state dict were then edited."""
+    path = save_model(VAE(MLPEncoder(6, 2, hidden=(4,)), MLPDecoder(2, 6)), tmp_path / name)
+    payload = torch.load(path, weights_only=True)
+    if edit_config is not None:
+        config = json.loads(payload["config"])
+        edit_config(config)
+        payload["config"] = json.dumps(config)
+    if edit_state is not None:
+        edit_state(payload["state_dict"])
+    torch.save(payload, path)
+    return path
+
+
+def test_deeply_nested_json_config_is_refused(tmp_path):
+    path = _crafted(tmp_path)
+    payload = torch.load(path, weights_only=True)
+    payload["config"] = "[" * 100_000 + "]" * 100_000
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        load_model(path)
+    payload["config"] = json.dumps({"encoder": json.loads("[" * 20 + "]" * 20)})
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match="nested more than 16 levels"):
+        load_model(path)
+
+
+def test_huge_sizes_in_the_config_allocate_nothing(tmp_path):
+    def widen(width):
+        return lambda c: c["encoder"]["config"].update(hidden=[width])
+
+    with pytest.raises(
+        ValueError, match=r"config\.encoder\.config\.hidden\.0=1000000000000 .*out of range"
+    ):
+        load_model(_crafted(tmp_path, widen(10**12)))
+    # in range, but a real build would need 6 * 2**31 floats (51 GB): built on the meta device,
+    # the shapes are compared with the file's and refused before anything is allocated
+    with pytest.raises(
+        ValueError,
+        match=r"'encoder\.body\.0\.weight' has shape \(4, 6\) in the file but \(2147483647, 6\)",
+    ):
+        load_model(_crafted(tmp_path, widen(2**31 - 1)))
+    with pytest.raises(ValueError, match="does not build a MLPEncoder"):
+        load_model(_crafted(tmp_path, widen(-3)))
+    with pytest.raises(ValueError, match="does not build a MLPEncoder"):
+        load_model(_crafted(tmp_path, lambda c: c["encoder"]["config"].update(colour="red")))
+    with pytest.raises(ValueError, match="expected a dict"):
+        load_model(_crafted(tmp_path, lambda c: c["decoder"].update(config=[1, 2])))
+    with pytest.raises(ValueError, match="is not registered"):
+        load_model(_crafted(tmp_path, lambda c: c["decoder"].update({"class": ["MLPDecoder"]})))
+    with pytest.raises(ValueError, match=r"has 5000 entries \(at most 4096\)"):
+        load_model(_crafted(tmp_path, lambda c: c.update(junk=[0] * 5000)))
+
+
+def test_non_finite_weights_are_refused_by_name(tmp_path):
+    def poison(state):
+        state["decoder.head.weight"][0, 0] = float("nan")
+
+    with pytest.raises(ValueError, match=r"\['decoder\.head\.weight'\] hold NaN or infinite"):
+        load_model(_crafted(tmp_path, edit_state=poison))
+    vae = VAE(MLPEncoder(4, 2), MLPDecoder(2, 4))
+    with torch.no_grad():
+        vae.encoder.head.bias.fill_(float("inf"))
+    with pytest.raises(ValueError, match=r"encoder\.head\.bias.*NaN or infinite"):
+        save_model(vae, tmp_path / "inf.pt")
+    assert not (tmp_path / "inf.pt").exists()
+
+
+def test_weights_of_the_wrong_dtype_or_type_are_refused(tmp_path):
+    def to_int(state):
+        state["encoder.head.bias"] = state["encoder.head.bias"].to(torch.int64)
+
+    with pytest.raises(ValueError, match=r"'encoder\.head\.bias' has dtype torch\.int64"):
+        load_model(_crafted(tmp_path, edit_state=to_int))
+
+    def add_key(state):
+        state["extra"] = torch.zeros(1)
+
+    with pytest.raises(ValueError, match=r"unexpected \['extra'\]"):
+        load_model(_crafted(tmp_path, edit_state=add_key))
+    path = _crafted(tmp_path)
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"] = [1, 2]
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match="malformed state_dict"):
+        load_model(path)
+
+
+def test_bad_arguments_are_named(tmp_path):
+    path = save_model(VAE(MLPEncoder(4, 2), MLPDecoder(2, 4)), tmp_path / "m.pt")
+    with pytest.raises(ValueError, match=r"map_location='foo' is not a torch device"):
+        load_model(path, map_location="foo")
+    with pytest.raises(TypeError, match="map_location must be a device"):
+        load_model(path, map_location=3.5)
+    with pytest.raises(TypeError, match=r"path must be a str or os\.PathLike"):
+        load_model(7)
+    with pytest.raises(TypeError, match=r"path must be a str or os\.PathLike"):
+        save_model(VAE(MLPEncoder(4, 2), MLPDecoder(2, 4)), None)
+    with pytest.raises(ValueError, match="is a directory"):
+        save_model(VAE(MLPEncoder(4, 2), MLPDecoder(2, 4)), tmp_path)
+    with pytest.raises(TypeError, match=r"Expected a pyrobust\.models\.VAE"):
+        save_model(torch.nn.Linear(2, 2), tmp_path / "lin.pt")
+    with pytest.raises(ValueError, match="out of range"):
+        model_from_config(
+            {
+                "encoder": {"class": "MLPEncoder", "config": {"d_x": 4, "d_z": 10**13}},
+                "decoder": {"class": "MLPDecoder", "config": {}},
+                "likelihood": {"class": "BernoulliLikelihood", "config": {}},
+            }
+        )
+
+
+def test_stale_temp_files_of_dead_saves_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    stale = tmp_path / f".model.pt.{proc.pid}.x1y2z3.tmp"
+    stale.write_bytes(b"half a model")
+    live = tmp_path / f".model.pt.{os.getppid()}.a1b2c3.tmp"  # a save running elsewhere
+    live.write_bytes(b"in progress")
+    save_model(VAE(MLPEncoder(4, 2), MLPDecoder(2, 4)), tmp_path / "model.pt")
+    assert sorted(os.listdir(tmp_path)) == sorted([live.name, "model.pt"])
