@@ -20,7 +20,6 @@ The helpers below turn those into the numbers every query must agree with.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -50,6 +49,7 @@ class Client:
     target: torch.Tensor | None = None  # an output_attack target, in the observed site's shape
     modules: tuple[nn.Module, ...] = ()
     r: float = 1.0  # a radius at which p_r is neither 0 nor 1 on ``x``
+    eps: float = 0.5  # an l2 perturbation size that moves the answers
 
     @property
     def sites(self) -> dict:
@@ -107,9 +107,10 @@ def assert_binomial_close(p1, n1: int, p2, n2: int, *, z: float = 4.5):
 
 
 def mean_damage(client: Client, x, delta, *, num: int = 4000, seed: int = 999):
-    r"""Independent :math:`E_\eta\|g(\mu(x+d)+\eta\sigma(x+d)) - g(\mu(x))\|` and its MC error."""
+    r"""Independent :math:`E_\eta\|g(\mu(x+d)+\eta\sigma(x+d)) - g(\mu(x))\|` and the
+    standard deviation of one draw (for Monte-Carlo tolerances)."""
     d = distances(client, x, delta, num=num, seed=seed)
-    return d.mean(0), d.std(0) / math.sqrt(num)
+    return d.mean(0), d.std(0)
 
 
 def jacobian(client: Client, x):
@@ -130,11 +131,12 @@ def jacobian(client: Client, x):
 
 
 def neg_elbo(client: Client, x_enc, target, *, num: int = 4000, seed: int = 777):
-    """Independent :math:`-\\mathrm{ELBO}(x_t; q(\\cdot|x_{enc}))` per input and its MC error."""
+    """Independent :math:`-\\mathrm{ELBO}(x_t; q(\\cdot|x_{enc}))` per input and the standard
+    deviation of one draw (for Monte-Carlo tolerances)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad(), eval_mode(client.modules):
         terms = client.neg_elbo(x_enc, target, num, gen)
-    return terms.mean(0), terms.std(0) / math.sqrt(num)
+    return terms.mean(0), terms.std(0)
 
 
 def gauss_kl(loc, scale, loc_t, scale_t):

@@ -72,6 +72,7 @@ def build() -> Client:
         obs_event=(1,),
         target=torch.tensor([1.1]),
         r=0.2,
+        eps=0.05,
     )
 
 

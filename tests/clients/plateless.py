@@ -26,9 +26,7 @@ class PlatelessVAE(torch.nn.Module):
     def model(self, x):
         pyro.module("decoder", self.decoder)
         z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], self.z_dim), 1.0).to_event(2))
-        pyro.sample(
-            "x", dist.Bernoulli(self.decoder(z), validate_args=False).to_event(2), obs=x
-        )
+        pyro.sample("x", dist.Bernoulli(self.decoder(z), validate_args=False).to_event(2), obs=x)
 
     def guide(self, x):
         pyro.module("encoder", self.encoder)

@@ -19,7 +19,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 from torch import nn
 
-from tests.clients._client import Client, fold, randn
+from tests.clients._client import Client, randn
 from tests.clients._data import batches, digits, query_inputs
 
 V = 64
@@ -97,9 +97,7 @@ def train(steps: int = 150, seed: int = 0) -> Client:
 
     def mean(logtheta):
         flat = logtheta.reshape(-1, net.num_topics)
-        return (net.total_count * net.decoder(F.softmax(flat, -1))).reshape(
-            *logtheta.shape[:-1], V
-        )
+        return (net.total_count * net.decoder(F.softmax(flat, -1))).reshape(*logtheta.shape[:-1], V)
 
     def draw(xp, num, g):
         loc, scale = net.encoder(xp)
@@ -134,7 +132,5 @@ def train(steps: int = 150, seed: int = 0) -> Client:
         target=(digits(1, offset=1790)[0] * 16).round().reshape(V),
         modules=(net,),
         r=8.0,
+        eps=1.0,
     )
-
-
-__all__ = ["ProdLDA", "train", "fold"]

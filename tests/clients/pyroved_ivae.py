@@ -24,10 +24,12 @@ H = W = 8
 SIG = 0.15
 
 
-class fcEncoderNet(nn.Module):  # noqa: N801 - pyroVED's name
+class fcEncoderNet(nn.Module):
     def __init__(self, latent_dim: int, hidden: int = 32):
         super().__init__()
-        self.fc = nn.Sequential(nn.Linear(H * W, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh())
+        self.fc = nn.Sequential(
+            nn.Linear(H * W, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh()
+        )
         self.loc = nn.Linear(hidden, latent_dim)
         self.log_scale = nn.Linear(hidden, latent_dim)
 
@@ -36,11 +38,14 @@ class fcEncoderNet(nn.Module):  # noqa: N801 - pyroVED's name
         return self.loc(h), F.softplus(self.log_scale(h))
 
 
-class fcDecoderNet(nn.Module):  # noqa: N801 - pyroVED's name
+class fcDecoderNet(nn.Module):
     def __init__(self, latent_dim: int, hidden: int = 32):
         super().__init__()
         self.fc = nn.Sequential(
-            nn.Linear(latent_dim, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
+            nn.Linear(latent_dim, hidden),
+            nn.Tanh(),
+            nn.Linear(hidden, hidden),
+            nn.Tanh(),
             nn.Linear(hidden, H * W),
         )
 
@@ -48,7 +53,7 @@ class fcDecoderNet(nn.Module):  # noqa: N801 - pyroVED's name
         return torch.sigmoid(self.fc(z)).reshape(-1, H, W)
 
 
-class iVAE(nn.Module):  # noqa: N801 - pyroVED's name
+class iVAE(nn.Module):
     def __init__(self, latent_dim: int = 2):
         super().__init__()
         self.encoder_z = fcEncoderNet(latent_dim)

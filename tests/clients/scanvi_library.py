@@ -30,7 +30,9 @@ class SCVI(nn.Module):
     def __init__(self, z_dim: int = 2, hidden: int = 32, l_loc: float = 0.0, l_scale: float = 1.0):
         super().__init__()
         self.z_dim, self.l_loc, self.l_scale = z_dim, l_loc, l_scale
-        self.z_encoder = nn.Sequential(nn.Linear(G, hidden), nn.Softplus(), nn.Linear(hidden, 2 * z_dim))
+        self.z_encoder = nn.Sequential(
+            nn.Linear(G, hidden), nn.Softplus(), nn.Linear(hidden, 2 * z_dim)
+        )
         self.l_encoder = nn.Sequential(nn.Linear(G, hidden), nn.Softplus(), nn.Linear(hidden, 2))
         self.decoder = nn.Sequential(nn.Linear(z_dim, hidden), nn.Softplus(), nn.Linear(hidden, G))
 
@@ -42,16 +44,16 @@ class SCVI(nn.Module):
         loc, log_scale = self.l_encoder(torch.log1p(x)).split(1, -1)
         return loc, F.softplus(log_scale) + 1e-3
 
-    def rate(self, z, l):
-        return l * F.softmax(self.decoder(z), -1)
+    def rate(self, z, lib):
+        return lib * F.softmax(self.decoder(z), -1)
 
     def model(self, x):
         pyro.module("scvi", self)
         with pyro.plate("batch", len(x)):
             l_loc = x.new_full((len(x), 1), self.l_loc)
-            l = pyro.sample("l", dist.LogNormal(l_loc, self.l_scale).to_event(1))
+            lib = pyro.sample("l", dist.LogNormal(l_loc, self.l_scale).to_event(1))
             z = pyro.sample("z", dist.Normal(x.new_zeros(len(x), self.z_dim), 1.0).to_event(1))
-            pyro.sample("x", dist.Poisson(self.rate(z, l)).to_event(1), obs=x)
+            pyro.sample("x", dist.Poisson(self.rate(z, lib)).to_event(1), obs=x)
 
     def guide(self, x):
         pyro.module("scvi", self)
@@ -78,9 +80,9 @@ def train(steps: int = 200, seed: int = 0) -> Client:
     def draw(xp, num, g):
         l_loc, l_scale = net.encode_l(xp)
         z_loc, z_scale = net.encode_z(xp)
-        l = torch.exp(l_loc + l_scale * randn((num, *l_loc.shape), g, l_loc))
+        lib = torch.exp(l_loc + l_scale * randn((num, *l_loc.shape), g, l_loc))
         z = z_loc + z_scale * randn((num, *z_loc.shape), g, z_loc)
-        return net.rate(z, l)
+        return net.rate(z, lib)
 
     def reference(x0):
         l_loc, l_scale = net.encode_l(x0)
@@ -89,16 +91,15 @@ def train(steps: int = 200, seed: int = 0) -> Client:
     def neg_elbo(x_enc, target, num, g):
         l_loc, l_scale = net.encode_l(x_enc)
         z_loc, z_scale = net.encode_z(x_enc)
-        l = torch.exp(l_loc + l_scale * randn((num, *l_loc.shape), g, l_loc))
+        lib = torch.exp(l_loc + l_scale * randn((num, *l_loc.shape), g, l_loc))
         z = z_loc + z_scale * randn((num, *z_loc.shape), g, z_loc)
-        log_q = (
-            dist.LogNormal(l_loc, l_scale).log_prob(l).sum(-1)
-            + dist.Normal(z_loc, z_scale).log_prob(z).sum(-1)
-        )
+        log_q = dist.LogNormal(l_loc, l_scale).log_prob(lib).sum(-1) + dist.Normal(
+            z_loc, z_scale
+        ).log_prob(z).sum(-1)
         log_p = (
-            dist.LogNormal(net.l_loc, net.l_scale).log_prob(l).sum(-1)
+            dist.LogNormal(net.l_loc, net.l_scale).log_prob(lib).sum(-1)
             + dist.Normal(0.0, 1.0).log_prob(z).sum(-1)
-            + dist.Poisson(net.rate(z, l)).log_prob(target).sum(-1)
+            + dist.Poisson(net.rate(z, lib)).log_prob(target).sum(-1)
         )
         return log_q - log_p
 
@@ -117,4 +118,5 @@ def train(steps: int = 200, seed: int = 0) -> Client:
         target=(digits(1, offset=1790)[0] * 16).round().reshape(G),
         modules=(net,),
         r=4.0,
+        eps=1.0,
     )

@@ -16,7 +16,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 from torch import nn
 
-from tests.clients._client import Client, fold, randn
+from tests.clients._client import Client, randn
 from tests.clients._data import batches, digits, query_inputs
 
 D = 64
@@ -120,6 +120,3 @@ def train(steps: int = 300, seed: int = 0) -> Client:
         modules=(vae,),
         r=1.0,
     )
-
-
-__all__ = ["VAE", "train", "fold"]

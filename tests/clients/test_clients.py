@@ -1,0 +1,471 @@
+"""Every public query on every client of the zoo, each answer checked against an independent
+computation (the client's nets called in plain torch; see ``_client.py``).
+
+Monte-Carlo answers are compared within a few standard errors of their difference; exact
+quantities (Jacobian norms, encoder scales, divergences) at ``rtol=1e-5``. What the protocol
+cannot support is checked to be refused with a ``ValueError`` naming the site or plate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+
+import pytest
+import torch
+
+import pyrobust as pr
+from tests.clients._client import (
+    assert_binomial_close,
+    distances,
+    eval_mode,
+    gauss_kl,
+    jacobian,
+    mean_damage,
+    neg_elbo,
+    probability,
+)
+
+N = 2000  # pyrobust's draws per probability
+M = 4000  # the independent computation's draws
+ATTACK = {"steps": 8, "restarts": 1, "eot_samples": 8}
+
+
+def _tensor(da) -> torch.Tensor:
+    return torch.as_tensor(da.values)
+
+
+def _delta(client, eps: float | None = None, seed: int = 3) -> torch.Tensor:
+    """A fixed perturbation of l2 size ``eps`` per input, kept inside the client's box."""
+    x = client.x
+    eps = client.eps if eps is None else eps
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(x.shape, generator=g, dtype=x.dtype)
+    u = u / u.reshape(len(x), -1).norm(dim=-1).reshape(-1, *[1] * (x.dim() - 1))
+    d = eps * u
+    if client.box is not None:
+        d = (x + d).clamp(*client.box) - x
+    return d
+
+
+@contextlib.contextmanager
+def untouched(client):
+    """The query leaves the caller's modules as they were: training flags and every buffer
+    (BatchNorm running statistics, ``num_batches_tracked``) and every parameter."""
+    flags = [m.training for mod in client.modules for m in mod.modules()]
+    state = [{k: v.clone() for k, v in mod.state_dict().items()} for mod in client.modules]
+    yield
+    assert flags == [m.training for mod in client.modules for m in mod.modules()]
+    for mod, before in zip(client.modules, state, strict=True):
+        after = mod.state_dict()
+        for k, v in before.items():
+            assert torch.equal(v, after[k]), f"{client.name}: {k} changed by the query"
+
+
+def _site_pattern(site: str) -> str:
+    return rf"['\"]{re.escape(site)}['\"]"
+
+
+# --------------------------------------------------------------------------------------------
+# r_robustness
+# --------------------------------------------------------------------------------------------
+
+
+def test_r_robustness_with_delta(client):
+    delta = _delta(client)
+    with untouched(client):
+        tree = pr.r_robustness(
+            client.model,
+            client.guide,
+            client.x,
+            r=client.r,
+            delta=delta,
+            num_samples=N,
+            seed=0,
+            **client.sites,
+        )
+    p = _tensor(tree["robustness"]["probability"])
+    assert_binomial_close(p, N, probability(client, client.x, client.r, delta, num=M), M)
+    torch.testing.assert_close(_tensor(tree["constant_data"]["delta"]).to(delta.dtype), delta)
+
+
+def test_r_robustness_with_eps_family(client):
+    eps = [0.0, client.eps]
+    with untouched(client):
+        tree = pr.r_robustness(
+            client.model,
+            client.guide,
+            client.x,
+            r=client.r,
+            eps=eps,
+            family="gaussian",
+            num_samples=N,
+            seed=1,
+            **client.sites,
+        )
+    p = tree["robustness"]["probability"]
+    deltas = tree["constant_data"]["delta"]
+    for j in range(len(eps)):
+        d = _tensor(deltas.isel(eps=j)).to(client.x.dtype)
+        assert float(d.reshape(len(d), -1).norm(dim=-1).max()) <= 3 * eps[j] + 1e-6
+        mine = probability(client, client.x, client.r, d, num=M)
+        assert_binomial_close(_tensor(p.isel(eps=j)), N, mine, M)
+
+
+def test_r_robustness_is_reproducible(client):
+    def run():
+        return pr.r_robustness(
+            client.model,
+            client.guide,
+            client.x,
+            r=client.r,
+            num_samples=200,
+            seed=7,
+            **client.sites,
+        )
+
+    with untouched(client):
+        a, b = run(), run()
+    torch.testing.assert_close(
+        _tensor(a["posterior_predictive"]["distance"]),
+        _tensor(b["posterior_predictive"]["distance"]),
+        rtol=0,
+        atol=0,
+    )
+
+
+def test_lognormal_scale_is_the_issue_number():
+    """The issue's minimal case: with ``s`` replayed from the guide, p = 0.954 (not ~0.2)."""
+    from tests.clients.conftest import get_client
+
+    client = get_client("lognormal_scale")
+    tree = pr.r_robustness(
+        client.model, client.guide, torch.ones(4, 1), r=0.2, num_samples=4000, seed=0
+    )
+    p = _tensor(tree["robustness"]["probability"])
+    exact = math.erf(0.2 / (0.1 * math.sqrt(2)))  # P(|N(0, 0.1)| <= 0.2) = 0.9545
+    assert float((p - exact).abs().max()) < 4.5 * math.sqrt(exact * (1 - exact) / 4000)
+
+
+# --------------------------------------------------------------------------------------------
+# margin_bound and certified_margin: single-Gaussian theory
+# --------------------------------------------------------------------------------------------
+
+
+def test_margin_bound(single):
+    client = single
+    with untouched(client):
+        tree = pr.margin_bound(
+            client.model,
+            client.guide,
+            client.x,
+            r=client.r,
+            num_samples=N,
+            confidence=0.99,
+            seed=0,
+            **client.sites,
+        )
+    rob = tree["robustness"]
+    jac, scale = jacobian(client, client.x)
+    jac_norm = jac.reshape(len(jac), jac.shape[1], -1).norm(dim=(1, 2)).double()
+    torch.testing.assert_close(_tensor(rob["jacobian_norm"]), jac_norm, rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        _tensor(rob["min_scale"]), scale.min(-1).values.double(), rtol=1e-5, atol=0
+    )
+    assert_binomial_close(_tensor(rob["p_a"]), N, probability(client, client.x, client.r), M)
+    p_low = _tensor(rob["p_a_lower"])
+    expected = torch.where(
+        p_low > 0.5,
+        scale.min(-1).values.double() * torch.special.ndtri(p_low) / jac_norm,
+        torch.zeros_like(p_low),
+    )
+    torch.testing.assert_close(_tensor(rob["bound"]), expected, rtol=1e-5, atol=0)
+
+
+def test_certified_margin(single):
+    client = single
+    a, b, c = 2.0, 3.0, 0.5
+    with untouched(client):
+        tree = pr.certified_margin(
+            client.model,
+            client.guide,
+            client.x,
+            r=client.r,
+            a=a,
+            b=b,
+            c=c,
+            latent_site=client.latent_site,
+            **{k: v for k, v in client.sites.items() if k.startswith("model_")},
+        )
+    rob = tree["robustness"]
+    with torch.no_grad(), eval_mode(client.modules):
+        s = client.encode(client.x)[1].norm(dim=-1).double()
+    torch.testing.assert_close(_tensor(rob["s"]).double(), s, rtol=1e-5, atol=0)
+    k = b * b + c * c  # THEORY section 4, Bound 1 in closed form
+    rad = k * client.r**2 / (2 * a * a) - 4 * b * b * s * s
+    bound1 = torch.where(rad > 0, (rad.clamp_min(0).sqrt() - 2 * c * s) / k, 0.0).clamp_min(0)
+    torch.testing.assert_close(_tensor(rob["bound1"]).double(), bound1, rtol=1e-5, atol=1e-12)
+    assert bool((_tensor(rob["certified_margin"]).double() >= bound1 - 1e-12).all())
+
+
+@pytest.mark.parametrize("query", ["margin_bound", "certified_margin", "latent_attack"])
+def test_single_gaussian_queries_refuse_extra_latent_sites(multi, query):
+    """margin_bound / certified_margin / latent_attack have single-Gaussian theory: the other
+    guide sites ("y", "s", "l") are refused by name."""
+    client = multi
+    (other,) = client.other_sites
+    with pytest.raises(ValueError, match=_site_pattern(other)), untouched(client):
+        if query == "margin_bound":
+            pr.margin_bound(
+                client.model,
+                client.guide,
+                client.x,
+                r=client.r,
+                num_samples=50,
+                seed=0,
+                **client.sites,
+            )
+        elif query == "certified_margin":
+            pr.certified_margin(
+                client.model,
+                client.guide,
+                client.x,
+                r=client.r,
+                a=1.0,
+                b=1.0,
+                c=1.0,
+                **client.sites,
+            )
+        else:
+            pr.latent_attack(
+                client.model,
+                client.guide,
+                client.x,
+                client.x.flip(0),
+                eps=client.eps,
+                box=client.box,
+                steps=2,
+                seed=0,
+                **client.sites,
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# attacks and empirical margins
+# --------------------------------------------------------------------------------------------
+
+
+def test_max_damage_attack(client):
+    eval_samples = 512
+    with untouched(client):
+        tree = pr.max_damage_attack(
+            client.model,
+            client.guide,
+            client.x,
+            eps=client.eps,
+            box=client.box,
+            eval_samples=eval_samples,
+            r=client.r,
+            num_samples=N,
+            seed=0,
+            **ATTACK,
+            **client.sites,
+        )
+    delta = _tensor(tree["constant_data"]["delta"].isel(eps=0)).to(client.x.dtype)
+    assert float(delta.reshape(len(delta), -1).norm(dim=-1).max()) <= client.eps * (1 + 1e-5)
+    if client.box is not None:
+        moved = client.x + delta
+        assert float(moved.min()) >= client.box[0] - 1e-6
+        assert float(moved.max()) <= client.box[1] + 1e-6
+    damage = _tensor(tree["robustness"]["damage"].isel(eps=0)).double()
+    mine, sd = mean_damage(client, client.x, delta, num=M)
+    tol = 5 * sd.double() * math.sqrt(1 / eval_samples + 1 / M) + 1e-6
+    assert bool(((damage - mine.double()).abs() <= tol).all()), (damage, mine, tol)
+    p = _tensor(tree["robustness"]["probability"].isel(eps=0))
+    assert_binomial_close(p, N, probability(client, client.x, client.r, delta, num=M), M)
+
+
+def test_empirical_margin(client):
+    with untouched(client):
+        tree = pr.empirical_margin(
+            client.model,
+            client.guide,
+            client.x,
+            r=client.r,
+            bisection_steps=3,
+            eval_samples=64,
+            num_samples=N,
+            box=client.box,
+            seed=0,
+            **ATTACK,
+            **client.sites,
+        )
+    rob = tree["robustness"]
+    clean = probability(client, client.x, client.r, num=M)
+    assert_binomial_close(_tensor(rob["probability_clean"]), N, clean, M)
+    assert bool((_tensor(rob["margin"]) <= _tensor(rob["margin_upper"])).all())
+    above = _tensor(tree["constant_data"]["delta_above"]).to(client.x.dtype)
+    p_above = _tensor(rob["probability_above"])
+    keep = torch.isfinite(p_above) & torch.isfinite(above.reshape(len(above), -1)).all(-1)
+    if bool(keep.any()):
+        mine = probability(client, client.x, client.r, torch.nan_to_num(above), num=M)
+        assert_binomial_close(p_above[keep], N, mine[keep], M)
+
+
+def test_latent_attack(single):
+    client = single
+    target = client.x.flip(0)
+    with untouched(client):
+        tree = pr.latent_attack(
+            client.model,
+            client.guide,
+            client.x,
+            target,
+            eps=client.eps,
+            box=client.box,
+            steps=8,
+            seed=0,
+            **client.sites,
+        )
+    rob = tree["robustness"]
+    delta = _tensor(tree["constant_data"]["delta"].isel(eps=0)).to(client.x.dtype)
+    with torch.no_grad(), eval_mode(client.modules):
+        loc, scale = client.encode(client.x + delta)
+        loc_t, scale_t = client.encode(target)
+        kl = gauss_kl(loc, scale, loc_t, scale_t)
+        recon_gap = (client.reference(client.x + delta) - client.reference(target)).reshape(
+            len(target), -1
+        )
+    torch.testing.assert_close(
+        _tensor(rob["divergence"].isel(eps=0)).to(kl.dtype), kl, rtol=1e-4, atol=1e-5
+    )
+    torch.testing.assert_close(
+        _tensor(rob["recon_distance"].isel(eps=0)).to(kl.dtype),
+        recon_gap.norm(dim=-1),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    with torch.no_grad(), eval_mode(client.modules):
+        kl0 = gauss_kl(*client.encode(client.x), loc_t, scale_t)
+    assert bool((kl <= kl0 + 1e-4).all()), "the attack made the encodings farther apart"
+
+
+def test_output_attack(client):
+    elbo_samples = 256
+    target = client.target
+    with untouched(client):
+        tree = pr.output_attack(
+            client.model,
+            client.guide,
+            client.x,
+            target,
+            eps=client.eps,
+            box=client.box,
+            steps=4,
+            elbo_samples=elbo_samples,
+            seed=0,
+            **client.sites,
+        )
+    delta = _tensor(tree["constant_data"]["delta"].isel(eps=0)).to(client.x.dtype)
+    objective = _tensor(tree["robustness"]["objective"].isel(eps=0)).double()
+    t = target.expand(len(client.x), *target.shape)
+    mine, sd = neg_elbo(client, client.x + delta, t, num=M)
+    tol = 5 * sd.double() * math.sqrt(1 / elbo_samples + 1 / M) + 1e-4
+    assert bool(((objective - mine.double()).abs() <= tol).all()), (objective, mine, tol)
+
+
+# --------------------------------------------------------------------------------------------
+# refusals: a guide that subsamples its data plate
+# --------------------------------------------------------------------------------------------
+
+_SUBSAMPLE = r"(?is)(?=.*['\"]data['\"])(?=.*subsampl)"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "r_robustness",
+        "margin_bound",
+        "max_damage_attack",
+        "empirical_margin",
+        "latent_attack",
+        "output_attack",
+        "certified_margin",
+    ],
+)
+def test_subsampling_guide_is_refused(air, query):
+    client = air
+    x, kw = client.x, client.sites
+    calls = {
+        "r_robustness": lambda: pr.r_robustness(client.model, client.guide, x, r=1.0, **kw),
+        "margin_bound": lambda: pr.margin_bound(client.model, client.guide, x, r=1.0, **kw),
+        "max_damage_attack": lambda: pr.max_damage_attack(
+            client.model, client.guide, x, eps=0.5, steps=2, **kw
+        ),
+        "empirical_margin": lambda: pr.empirical_margin(
+            client.model, client.guide, x, r=1.0, steps=2, **kw
+        ),
+        "latent_attack": lambda: pr.latent_attack(
+            client.model, client.guide, x, x.flip(0), eps=0.5, steps=2, **kw
+        ),
+        "output_attack": lambda: pr.output_attack(
+            client.model, client.guide, x, client.target, eps=0.5, steps=2, **kw
+        ),
+        "certified_margin": lambda: pr.certified_margin(
+            client.model, client.guide, x, r=1.0, a=1.0, b=1.0, c=1.0, **kw
+        ),
+    }
+    with pytest.raises(ValueError, match=_SUBSAMPLE), untouched(client):
+        calls[query]()
+
+
+# --------------------------------------------------------------------------------------------
+# modules left in training mode (ProdLDA: BatchNorm + Dropout)
+# --------------------------------------------------------------------------------------------
+
+
+def test_batchnorm_client_is_left_in_training_mode(prodlda):
+    assert all(mod.training for mod in prodlda.modules)
+
+
+def test_batchnorm_queries_answer_as_in_eval_mode(prodlda):
+    """Two identical seeded calls agree bit for bit, and both equal the eval-mode answer."""
+    client = prodlda
+
+    def run():
+        return pr.r_robustness(
+            client.model,
+            client.guide,
+            client.x,
+            r=client.r,
+            num_samples=N,
+            seed=11,
+            **client.sites,
+        )
+
+    with untouched(client):
+        a, b = run(), run()
+    pa, pb = _tensor(a["robustness"]["probability"]), _tensor(b["robustness"]["probability"])
+    torch.testing.assert_close(pa, pb, rtol=0, atol=0)
+    assert_binomial_close(pa, N, probability(client, client.x, client.r, num=M), M)
+    # a training-mode answer would differ: Dropout noise and batch statistics of the draws
+    d_train = distances_in_training_mode(client)
+    assert not torch.allclose(
+        d_train.median(0).values, distances(client, client.x).median(0).values
+    )
+
+
+def distances_in_training_mode(client):
+    g = torch.Generator().manual_seed(0)
+    state = [{k: v.clone() for k, v in mod.state_dict().items()} for mod in client.modules]
+    try:
+        with torch.no_grad():
+            return (
+                (client.draw(client.x, 64, g) - client.reference(client.x))
+                .reshape(64, len(client.x), -1)
+                .norm(dim=-1)
+            )
+    finally:
+        for mod, s in zip(client.modules, state, strict=True):
+            mod.load_state_dict(s)
