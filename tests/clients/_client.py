@@ -10,6 +10,8 @@ directly, never through Pyro or pyrobust:
   latent site at the encoder mean; other continuous sites at their guide mean, discrete ones at
   their mode), shape ``(n, *obs_event)``;
 * ``encode(x)``: :math:`(\\mu(x), \\sigma(x))` of the latent site (differentiable in ``x``);
+* ``log_lik(x_enc, x_clean)``: :math:`\\log p(x_{obs} \\mid w)` with every guide site at its
+  reference value at ``x_enc`` and the observed value of the clean input, shape ``(n,)``;
 * ``neg_elbo(x_enc, target, num, gen)``: per-draw terms of
   :math:`\\log q(\\cdot|x_{enc}) - \\log p(\\cdot, x_t)` (full guide and full model log joint),
   shape ``(num, n)``, whose mean over draws is :math:`-\\mathrm{ELBO}(x_t; q(\\cdot|x_{enc}))`.
@@ -39,6 +41,7 @@ class Client:
     reference: Callable
     encode: Callable
     neg_elbo: Callable | None = None
+    log_lik: Callable | None = None
     model_args: tuple = ()
     model_kwargs: dict = field(default_factory=dict)
     latent_site: str = "z"
@@ -147,3 +150,10 @@ def gauss_kl(loc, scale, loc_t, scale_t):
 
 def randn(shape, gen, like):
     return torch.randn(shape, generator=gen, dtype=like.dtype).to(like.device)
+
+
+def log_likelihoods(client: Client, x, delta):
+    """Independent :math:`\\log p(x_{obs}|w)` at the clean and at the perturbed input's guide
+    centre (the observed value always that of the clean input), each ``(n,)``."""
+    with torch.no_grad(), eval_mode(client.modules):
+        return client.log_lik(x, x), client.log_lik(x + delta, x)

@@ -111,11 +111,15 @@ def train(steps: int = 200, seed: int = 0) -> Client:
     def encode(x0):
         return net.recognition_net(x0, y)
 
+    def log_lik(x_enc, x_clean):  # the observed value at the clean input is y
+        probs = reference(x_enc)
+        return dist.Bernoulli(probs, validate_args=False).log_prob(y.reshape(-1, D)).sum(-1)
+
     def neg_elbo(x_enc, target, num, g):
-        # q(z | x+d, y) scores the target image through p(z | x) p(target | z)
+        # the model runs on the perturbed input too: p(z | x+d) p(target | z)
         loc, scale = net.recognition_net(x_enc, y)
         z = loc + randn((num, *loc.shape), g, loc) * scale
-        p_loc, p_scale = net.prior_net(x)
+        p_loc, p_scale = net.prior_net(x_enc)
         log_q = dist.Normal(loc, scale).log_prob(z).sum(-1)
         log_pz = dist.Normal(p_loc, p_scale).log_prob(z).sum(-1)
         probs = net.generation_net(z)
@@ -132,6 +136,7 @@ def train(steps: int = 200, seed: int = 0) -> Client:
         reference=reference,
         encode=encode,
         neg_elbo=neg_elbo,
+        log_lik=log_lik,
         obs_site="y",
         box=(-1.0, 1.0),
         obs_event=(D,),

@@ -45,6 +45,9 @@ def build() -> Client:
     def encode(x0):
         return x0, torch.full_like(x0, Z_SCALE)
 
+    def log_lik(x_enc, x_clean):
+        return dist.Normal(reference(x_enc), 0.01).log_prob(x_clean).sum(-1)
+
     def neg_elbo(x_enc, target, num, g):
         s = torch.exp(S_SCALE * randn((num, *x_enc.shape), g, x_enc))
         z = x_enc + Z_SCALE * randn((num, *x_enc.shape), g, x_enc)
@@ -67,6 +70,7 @@ def build() -> Client:
         reference=reference,
         encode=encode,
         neg_elbo=neg_elbo,
+        log_lik=log_lik,
         other_sites=("s",),
         box=None,
         obs_event=(1,),

@@ -52,6 +52,9 @@ def train(steps: int = 200, seed: int = 0) -> Client:
     def reference(x0):
         return net.decoder(net.encoder(x0)[0])
 
+    def log_lik(x_enc, x_clean):
+        return dist.Bernoulli(reference(x_enc), validate_args=False).log_prob(x_clean).sum(-1)
+
     def neg_elbo(x_enc, target, num, g):  # per input: the joint factorises over rows
         loc, scale = net.encoder(x_enc)
         z = loc + scale * randn((num, *loc.shape), g, loc)
@@ -70,6 +73,7 @@ def train(steps: int = 200, seed: int = 0) -> Client:
         reference=reference,
         encode=net.encoder,
         neg_elbo=neg_elbo,
+        log_lik=log_lik,
         obs_event=(D,),
         target=digits(1, offset=1790)[0].reshape(D),
         modules=(net,),

@@ -106,6 +106,10 @@ def train(steps: int = 150, seed: int = 0) -> Client:
     def reference(x0):
         return mean(net.encoder(x0)[0])
 
+    def log_lik(x_enc, x_clean):
+        probs = reference(x_enc) / net.total_count
+        return dist.Multinomial(net.total_count, probs).log_prob(x_clean)
+
     def neg_elbo(x_enc, target, num, g):
         loc, scale = net.encoder(x_enc)
         lt = loc + scale * randn((num, *loc.shape), g, loc)
@@ -125,6 +129,7 @@ def train(steps: int = 150, seed: int = 0) -> Client:
         reference=reference,
         encode=net.encoder,
         neg_elbo=neg_elbo,
+        log_lik=log_lik,
         latent_site="logtheta",
         obs_site="obs",
         box=(0.0, 16.0),

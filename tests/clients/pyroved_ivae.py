@@ -106,6 +106,9 @@ def train(steps: int = 200, seed: int = 0) -> Client:
     def reference(x0):
         return net.decoder(net.encoder_z(x0)[0]).reshape(-1, H * W)
 
+    def log_lik(x_enc, x_clean):
+        return dist.Normal(reference(x_enc), SIG).log_prob(x_clean.reshape(-1, H * W)).sum(-1)
+
     def neg_elbo(x_enc, target, num, g):
         loc, scale = net.encoder_z(x_enc)
         z = loc + scale * randn((num, *loc.shape), g, loc)
@@ -126,6 +129,7 @@ def train(steps: int = 200, seed: int = 0) -> Client:
         reference=reference,
         encode=net.encoder_z,
         neg_elbo=neg_elbo,
+        log_lik=log_lik,
         latent_site="latent",
         obs_site="obs",
         obs_event=(H * W,),

@@ -88,6 +88,9 @@ def train(steps: int = 200, seed: int = 0) -> Client:
         l_loc, l_scale = net.encode_l(x0)
         return net.rate(net.encode_z(x0)[0], torch.exp(l_loc + l_scale**2 / 2))
 
+    def log_lik(x_enc, x_clean):
+        return dist.Poisson(reference(x_enc)).log_prob(x_clean).sum(-1)
+
     def neg_elbo(x_enc, target, num, g):
         l_loc, l_scale = net.encode_l(x_enc)
         z_loc, z_scale = net.encode_z(x_enc)
@@ -112,6 +115,7 @@ def train(steps: int = 200, seed: int = 0) -> Client:
         reference=reference,
         encode=net.encode_z,
         neg_elbo=neg_elbo,
+        log_lik=log_lik,
         other_sites=("l",),
         box=(0.0, 16.0),
         obs_event=(G,),

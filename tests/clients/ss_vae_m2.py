@@ -113,6 +113,9 @@ def train(steps: int = 200, seed: int = 0) -> Client:
     def encode(x0):  # z's statistics with y held at the guide's mode
         return net.loc_scale(x0, mode(x0))
 
+    def log_lik(x_enc, x_clean):
+        return dist.Bernoulli(reference(x_enc), validate_args=False).log_prob(x_clean).sum(-1)
+
     def neg_elbo(x_enc, target, num, g):
         alpha = net.alpha(x_enc)
         y_idx = torch.multinomial(alpha.repeat(num, 1), 1, generator=g).reshape(num, -1)
@@ -138,6 +141,7 @@ def train(steps: int = 200, seed: int = 0) -> Client:
         reference=reference,
         encode=encode,
         neg_elbo=neg_elbo,
+        log_lik=log_lik,
         other_sites=("y",),
         obs_event=(D,),
         target=digits(1, offset=1790)[0].reshape(D),

@@ -22,6 +22,7 @@ from tests.clients._client import (
     eval_mode,
     gauss_kl,
     jacobian,
+    log_likelihoods,
     mean_damage,
     neg_elbo,
     probability,
@@ -373,6 +374,27 @@ def test_output_attack(client):
     mine, sd = neg_elbo(client, client.x + delta, t, num=M)
     tol = 5 * sd.double() * math.sqrt(1 / elbo_samples + 1 / M) + 1e-4
     assert bool(((objective - mine.double()).abs() <= tol).all()), (objective, mine, tol)
+
+
+def test_likelihood_degradation(client):
+    delta = _delta(client)
+    with untouched(client):
+        tree = pr.robustness.likelihood_degradation(
+            client.model, client.guide, client.x, delta, **client.sites
+        )
+    rob = tree["robustness"]
+    clean, attacked = log_likelihoods(client, client.x, delta)
+    clean, attacked = clean.double(), attacked.double()
+    torch.testing.assert_close(_tensor(rob["log_lik_clean"]).double(), clean, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        _tensor(rob["log_lik_attacked"]).double(), attacked, rtol=1e-4, atol=1e-4
+    )
+    torch.testing.assert_close(
+        _tensor(rob["likelihood_degradation"]).double(),
+        (attacked - clean) / clean.abs(),
+        rtol=1e-3,
+        atol=1e-5,
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -95,6 +95,10 @@ def train(steps: int = 300, seed: int = 0) -> Client:
     def reference(x0):
         return vae.decoder(vae.encoder(x0)[0])
 
+    def log_lik(x_enc, x_clean):
+        probs = reference(x_enc)
+        return dist.Bernoulli(probs, validate_args=False).log_prob(x_clean.reshape(-1, D)).sum(-1)
+
     def neg_elbo(x_enc, target, num, g):
         loc, scale = vae.encoder(x_enc)
         z = loc + randn((num, *loc.shape), g, loc) * scale
@@ -113,6 +117,7 @@ def train(steps: int = 300, seed: int = 0) -> Client:
         reference=reference,
         encode=vae.encoder,
         neg_elbo=neg_elbo,
+        log_lik=log_lik,
         latent_site="latent",
         obs_site="obs",
         obs_event=(D,),
