@@ -11,9 +11,17 @@ import torch
 from pyro import poutine
 from pyro.poutine.subsample_messenger import _Subsample
 
-from pyrobust.models.sites import _get_site
+from pyrobust.inference._protocol import (
+    _check_finite,
+    _dtype_mismatch,
+    _get_site,
+    _model_dtype,
+    _ModelArgs,
+)
 
 __all__ = ["importance_log_likelihood"]
+
+_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool)
 
 
 def _per_row_log_prob(trace, rows: int, owner: str) -> torch.Tensor:
@@ -27,9 +35,11 @@ def _per_row_log_prob(trace, rows: int, owner: str) -> torch.Tensor:
             lp = lp * site["mask"]
         dim = None
         for frame in site["cond_indep_stack"]:
-            if frame.vectorized and frame.size == rows:
-                dim = lp.dim() + frame.dim if lp.dim() >= -frame.dim else None
-                break
+            # a sizeless pyro.plate("data") has size -1: its length comes from broadcasting
+            if frame.vectorized and frame.size in (rows, -1) and lp.dim() >= -frame.dim:
+                if lp.shape[frame.dim] == rows:
+                    dim = lp.dim() + frame.dim
+                    break
         if dim is None or lp.shape[dim] != rows:
             raise ValueError(
                 f"{owner}'s site {name!r} has log_prob of shape {tuple(lp.shape)}, with no data "
@@ -66,6 +76,8 @@ def importance_log_likelihood(
     latent_site: str = "z",
     seed: int | None = None,
     max_batch: int | None = None,
+    model_args=(),
+    model_kwargs=None,
 ) -> torch.Tensor:
     r"""Importance-weighted lower bound on :math:`\log p(x)` per input (Burda et al. [1]_).
 
@@ -78,6 +90,16 @@ def importance_log_likelihood(
     (inputs repeated :math:`K` times), so a model written for one batch dim works unchanged
     and all particles run in one pass (or in chunks of ``max_batch`` rows). Densities are
     unscaled: a subsampling plate's ``size`` does not enter.
+
+    The model and guide are called as ``model(x, *model_args, **model_kwargs)``
+    (:class:`pyro.infer.Predictive`'s convention); tensors in ``model_args`` /
+    ``model_kwargs`` whose leading dim is ``len(x)`` are per input and are repeated with
+    ``x`` for the particles, every other value passes through unchanged. A floating ``x``
+    (and per-input floating tensors) is converted to the dtype of the parameters of the
+    modules reachable from the model and guide (a bound method's owner and its
+    attributes), so numpy's float64 inputs work with a float32 model; when no module is
+    found and the dtypes clash, a ``TypeError`` names ``x``. Integer and bool inputs are
+    converted to that dtype, or torch's default. NaN or infinite inputs are refused.
 
     Parameters
     ----------
@@ -94,6 +116,10 @@ def importance_log_likelihood(
         Seed for the draws; the global RNG state is left untouched when given.
     max_batch : int, optional
         Largest number of rows (particles x inputs) per pass; default all at once.
+    model_args : tuple, default ()
+        Extra positional arguments of the model and guide, after ``x``.
+    model_kwargs : dict, optional
+        Extra keyword arguments of the model and guide.
 
     Returns
     -------
@@ -120,7 +146,16 @@ def importance_log_likelihood(
         raise ValueError(f"num_particles must be >= 1; got {num_particles}.")
     if max_batch is not None and (not isinstance(max_batch, numbers.Integral) or max_batch < 1):
         raise ValueError(f"max_batch must be a positive int or None; got {max_batch!r}.")
+    if x.is_complex() or not (x.is_floating_point() or x.dtype in _INT_DTYPES):
+        raise TypeError(f"x must hold real numbers; got dtype {x.dtype}.")
+    dtype = _model_dtype(model, guide)
+    if not x.is_floating_point():
+        x = x.to(dtype or torch.get_default_dtype())
+    elif dtype is not None and x.dtype != dtype:
+        x = x.to(dtype)
+    _check_finite(x, "x")
     batch = x.shape[0]
+    args = _ModelArgs(model_args, model_kwargs, batch).to(x.device, dtype)
     chunk = num_particles if max_batch is None else max(1, int(max_batch) // batch)
     pieces = []
     with _fork_rng(seed, x.device):
@@ -128,10 +163,21 @@ def importance_log_likelihood(
             k = min(chunk, num_particles - start)
             rows = k * batch
             x_rep = x.unsqueeze(0).expand(k, *x.shape).reshape(rows, *x.shape[1:])
-            guide_trace = poutine.trace(guide).get_trace(x_rep)
-            if start == 0:
-                _get_site(guide_trace, latent_site, "the latent site", "latent_site", "The guide")
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x_rep)
+            a, kw = args.repeat(k)
+            try:
+                guide_trace = poutine.trace(guide).get_trace(x_rep, *a, **kw)
+                if start == 0:
+                    _get_site(
+                        guide_trace, latent_site, "the latent site", "latent_site", "The guide"
+                    )
+                model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+                    x_rep, *a, **kw
+                )
+            except RuntimeError as err:
+                named = _dtype_mismatch(err, "x", x.dtype)
+                if named is None:
+                    raise
+                raise named from err
             log_w = _per_row_log_prob(model_trace, rows, "The model") - _per_row_log_prob(
                 guide_trace, rows, "The guide"
             )
