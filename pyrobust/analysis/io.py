@@ -370,6 +370,30 @@ def _recover(path: Path) -> None:
         pass
 
 
+def write_atomic(path: Path, data: bytes) -> Path:
+    """Write ``data`` to the file ``path`` atomically, without a predictable temporary name.
+
+    The bytes go to a file made by :func:`tempfile.mkstemp` (``O_EXCL``, random name
+    ``.NAME.PID.*.tmp`` beside ``path``: a planted symlink is never followed), are flushed to
+    disk, and the file is renamed over ``path`` (a symlink at ``path`` is replaced, not followed).
+    Temporary files of earlier writes whose process has died are removed first.
+    """
+    _recover(path)
+    fd, tmp = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"
+    )
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from pyrobust.analysis.io import as_tree, result_kind, settings
+from pyrobust.analysis.io import _check_path, as_tree, result_kind, settings, write_atomic
 
 __all__ = ["report"]
 
@@ -227,10 +227,12 @@ def report(
         + "\n".join(sections)
         + "</body></html>"
     )
-    out = Path(out_dir)
+    out = _check_path(out_dir, "out_dir")
+    if os.path.lexists(out) and not out.is_dir():
+        raise ValueError(
+            f"out_dir {str(out)!r} exists and is not a directory; pass a directory for index.html."
+        )
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "index.html"
-    tmp = out / ".index.html.tmp"
-    tmp.write_text(doc, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    # a temporary file from mkstemp (no predictable name, O_EXCL: a planted symlink is never
+    # followed), renamed over index.html; temp files of killed runs are removed
+    return write_atomic(out / "index.html", doc.encode("utf-8"))
