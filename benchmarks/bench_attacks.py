@@ -34,6 +34,7 @@ from scipy import optimize
 from pyrobust.data.digits import load_digits
 from pyrobust.inference.fit import fit
 from pyrobust.models import VAE, ConvDecoder, ConvEncoder, guide_loc_scale, model_mean
+from pyrobust.models.sites import Pair
 from pyrobust.robustness._sampling import sample_distances
 from pyrobust.robustness.attacks import max_damage_attack
 from pyrobust.robustness.empirical import empirical_margin
@@ -112,7 +113,9 @@ def research_margin(vae, x1, r, *, bisection_steps, draws, maxiter, num_samples,
 
     def robust(delta):
         with torch.no_grad():
-            d = sample_distances(vae.model, vae.guide, x1, delta, num_samples=num_samples)
+            d = sample_distances(
+                Pair.build(vae.model, vae.guide, x1), x1, delta, num_samples=num_samples
+            )
         return float((d <= r).double().mean()) > 0.5
 
     if not robust(torch.zeros_like(x1)):
@@ -131,8 +134,7 @@ def research_margin(vae, x1, r, *, bisection_steps, draws, maxiter, num_samples,
 def damage(vae, x, delta, n=1000):
     with torch.no_grad():
         return sample_distances(
-            vae.model,
-            vae.guide,
+            Pair.build(vae.model, vae.guide, x),
             x,
             delta,
             num_samples=n,
@@ -194,7 +196,7 @@ def main(argv=None):
 
     # 2. empirical margins
     with torch.no_grad():
-        d0 = sample_distances(vae.model, vae.guide, x, num_samples=500)
+        d0 = sample_distances(Pair.build(vae.model, vae.guide, x), x, num_samples=500)
     r = float(1.2 * d0.median(0).values.median())
     t0 = time.perf_counter()
     em = empirical_margin(

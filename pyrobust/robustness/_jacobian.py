@@ -13,25 +13,24 @@ in eval mode; not for batch norm in training mode, whose statistics couple the b
 
 Stable private API:
 
-* :func:`encoder_jacobian` ``(guide, x, *, latent_site="z", max_batch=DEFAULT_MAX_BATCH)
+* :func:`encoder_jacobian` ``(pair, x, *, max_batch=DEFAULT_MAX_BATCH)
   -> (loc, scale, jacobian)`` with ``jacobian`` of shape ``(n, d_z, *event)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-from pyrobust.models.sites import guide_loc_scale
+from pyrobust.models.sites import Pair
 from pyrobust.robustness._sampling import DEFAULT_MAX_BATCH
 
 __all__ = ["encoder_jacobian"]
 
 
-def _chunk_jacobian(guide, x, latent_site):
+def _chunk_jacobian(pair, x):
+    latent_site = pair.latent_site
     xg = x.detach().requires_grad_(True)
-    loc, scale = guide_loc_scale(guide, xg, latent_site=latent_site)
+    loc, scale = pair.encode(xg)
     if not loc.requires_grad:
         raise ValueError(
             f"The encoder mean (loc of the guide's latent site {latent_site!r}) does not depend "
@@ -71,10 +70,9 @@ def _chunk_jacobian(guide, x, latent_site):
 
 
 def encoder_jacobian(
-    guide: Callable,
+    pair: Pair,
     x: torch.Tensor,
     *,
-    latent_site: str = "z",
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""Encoder statistics and the exact Jacobian of the encoder mean, for every input at once.
@@ -85,12 +83,10 @@ def encoder_jacobian(
 
     Parameters
     ----------
-    guide : callable
-        Pyro guide following the site protocol.
+    pair : pyrobust.models.sites.Pair
+        The model/guide pair (its guide gives the encoder).
     x : torch.Tensor
         Inputs ``(n, *event)``; not modified.
-    latent_site : str
-        Name of the latent site.
     max_batch : int
         Inputs are processed in chunks of ``max(1, max_batch // d_z)`` (each chunk runs
         ``d_z`` vmapped backward passes), bounding memory.
@@ -102,11 +98,15 @@ def encoder_jacobian(
     jacobian : torch.Tensor
         :math:`J(x)` of shape ``(n, d_z, *event)`` on ``x``'s device.
     """
-    with torch.no_grad():
-        d_z = guide_loc_scale(guide, x[:1], latent_site=latent_site)[0].shape[-1]
-    chunk = max(1, int(max_batch) // d_z)
+    chunk = max(1, int(max_batch) // pair.d_z)
+    n = x.shape[0]
     with torch.enable_grad():
-        parts = [_chunk_jacobian(guide, xc, latent_site) for xc in x.split(chunk)]
+        parts = [
+            _chunk_jacobian(
+                pair if chunk >= n else pair.subset(slice(i, i + chunk)), x[i : i + chunk]
+            )
+            for i in range(0, n, chunk)
+        ]
     if len(parts) == 1:
         return parts[0]
     return tuple(torch.cat(p) for p in zip(*parts, strict=True))

@@ -17,10 +17,11 @@ chunked over samples so at most ``max_batch`` latent codes are decoded per model
 Stable private API (used by ``query``, ``margin``, ``attacks`` and ``empirical``):
 
 * :func:`resolve_seed` ``(seed) -> int`` and :func:`make_generator` ``(seed, device)``
-* :func:`encoder_stats` ``(guide, x, *, latent_site="z") -> (loc, scale)``
-* :func:`sample_distances` ``(model, guide, x, delta=None, *, num_samples, reference="mean",
-  generator=None, max_batch=DEFAULT_MAX_BATCH, latent_site="z", obs_site="x") -> Tensor``
-  of shape ``(num_samples, n_inputs, *perturbation_shape)``
+* :func:`sample_distances` ``(pair, x, delta=None, *, num_samples, reference="mean",
+  generator=None, max_batch=DEFAULT_MAX_BATCH) -> Tensor`` of shape
+  ``(num_samples, n_inputs, *perturbation_shape)``
+* :func:`joint_rng` ``(pair, generator, device)``: seeds the guide's extra sites
+* :func:`check_finite_distances` ``(dist, obs_site)``
 * :func:`random_perturbations` ``(x, eps, family, *, generator=None) -> Tensor`` of shape
   ``(len(eps), *x.shape)``
 * :func:`event_dims` ``(event_ndim) -> tuple[str, ...]``: ArviZ dim names of one input
@@ -35,21 +36,23 @@ References
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
 
 import pyro
 import torch
 
-from pyrobust.models.sites import guide_loc_scale, model_mean
+from pyrobust.models.sites import Pair
 
 __all__ = [
     "DEFAULT_MAX_BATCH",
     "FAMILIES",
     "REFERENCES",
-    "encoder_stats",
+    "check_finite_distances",
     "event_dims",
+    "joint_rng",
     "make_generator",
+    "output_dims",
     "random_perturbations",
     "resolve_seed",
     "sample_distances",
@@ -77,20 +80,26 @@ def make_generator(seed: int | None, device: torch.device | str) -> torch.Genera
     return torch.Generator(device=torch.device(device)).manual_seed(resolve_seed(seed))
 
 
-def encoder_stats(
-    guide: Callable, x: torch.Tensor, *, latent_site: str = "z"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Encoder mean and standard deviation :math:`(\mu(x), \sigma(x))`, each ``(n, d_z)``.
-
-    A thin alias of :func:`pyrobust.models.guide_loc_scale` (one trace of the guide).
-    """
-    return guide_loc_scale(guide, x, latent_site=latent_site)
-
-
 def event_dims(event_ndim: int) -> tuple[str, ...]:
     """ArviZ dim names of one input: ``feature``; ``row, col``; ``channel, row, col``."""
     names = {0: (), 1: ("feature",), 2: ("row", "col"), 3: ("channel", "row", "col")}
     return names.get(event_ndim, tuple(f"event_dim_{i}" for i in range(event_ndim)))
+
+
+def output_dims(
+    obs_event: tuple[int, ...], x_event: tuple[int, ...], obs_site: str
+) -> tuple[str, ...]:
+    """ArviZ dim names of one value of the observed site.
+
+    The input's names (``feature``; ``row, col``; ``channel, row, col``) when the observed
+    site has the input's shape or a different rank; prefixed with the site's name
+    (``x_feature``) when a name would clash with an input dim of another size.
+    """
+    names = event_dims(len(obs_event))
+    x_names = dict(zip(event_dims(len(x_event)), x_event, strict=True))
+    if any(x_names.get(name, size) != size for name, size in zip(names, obs_event, strict=True)):
+        names = tuple(f"{obs_site}_{name}" for name in names)
+    return names
 
 
 def random_perturbations(
@@ -141,9 +150,44 @@ def random_perturbations(
     return (eps * u).reshape(-1, *x.shape)
 
 
+def joint_rng(pair: Pair, generator: torch.Generator | None, device: torch.device):
+    """A context seeding torch's global RNG from ``generator`` for the guide's extra sites.
+
+    Extra latent sites (discrete or continuous) are sampled by Pyro from torch's global
+    generator; seeding it from the local one (inside ``torch.random.fork_rng``, so the caller's
+    state is untouched) keeps "same seed, same bits". A no-op when the guide has no extra sites.
+    """
+    if pair.fast or generator is None:
+        return contextlib.nullcontext()
+    seed = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device).item())
+    devices = [device.index or 0] if device.type == "cuda" else []
+
+    @contextlib.contextmanager
+    def ctx():
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+
+    return ctx()
+
+
+def check_finite_distances(dist: torch.Tensor, obs_site: str) -> None:
+    """Refuse NaN/inf distances by naming the inputs (a NaN must never count as inside)."""
+    bad = ~torch.isfinite(dist)
+    if bool(bad.any()):
+        inputs = bad.reshape(bad.shape[0], bad.shape[1], -1).any(-1).any(0)
+        ids = torch.nonzero(inputs).flatten().tolist()
+        raise ValueError(
+            f"The reconstruction (mean of the model's observed site {obs_site!r}) is NaN or "
+            f"infinite for input(s) obs_id={ids[:20]}{' ...' if len(ids) > 20 else ''}: the "
+            "distance to the reference is undefined there, so no probability can be given. "
+            "Check the weights for NaN and use a likelihood whose mean is finite (a Cauchy's "
+            "is not)."
+        )
+
+
 def sample_distances(
-    model: Callable,
-    guide: Callable,
+    pair: Pair,
     x: torch.Tensor,
     delta: torch.Tensor | None = None,
     *,
@@ -151,19 +195,23 @@ def sample_distances(
     reference: str = "mean",
     generator: torch.Generator | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
-    latent_site: str = "z",
-    obs_site: str = "x",
+    check: bool = True,
 ) -> torch.Tensor:
-    r"""Monte-Carlo draws of :math:`\|\Delta(x, \delta)\|_2`, the l2 norm over all event dims.
+    r"""Monte-Carlo draws of :math:`\|\Delta(x, \delta)\|_2` over the observed site's event dims.
 
     Inputs are not validated here (callers validate at their public boundary); Pyro validation
     is switched off while decoding. Differentiable with respect to ``x`` and ``delta`` (attacks
     use it with gradients); wrap in ``torch.no_grad()`` when only the values are needed.
 
+    For a guide with the latent site only (``pair.fast``), :math:`\mu, \sigma` are computed once
+    per input and every draw is decoded; otherwise every draw runs the guide at its input
+    (all guide sites drawn jointly, the latent site as ``loc + eta * scale``) and the model
+    replays them, as ``pyro.infer.Predictive(model, guide=guide)`` does.
+
     Parameters
     ----------
-    model, guide : callable
-        Pyro model and guide following the site protocol.
+    pair : Pair
+        The model/guide pair (:meth:`pyrobust.models.sites.Pair.build`).
     x : torch.Tensor
         Inputs ``(n, *event)``.
     delta : torch.Tensor, optional
@@ -174,15 +222,14 @@ def sample_distances(
         every perturbation of an input (common random numbers: curves over perturbations are
         smooth), independent across inputs.
     reference : {"mean", "sample"}
-        :math:`g(\mu(x))` or an independent draw :math:`g(\mu(x) + \eta'\sigma(x))`.
+        :math:`g(\mu(x))` (extra sites at their mean/mode) or an independent joint draw.
     generator : torch.Generator, optional
-        Source of :math:`\eta` (on ``x``'s device); all noise is drawn up front, so the result
-        does not depend on ``max_batch``.
+        Source of :math:`\eta` (on ``x``'s device); all latent noise is drawn up front, so the
+        fast path does not depend on ``max_batch``.
     max_batch : int
-        Most latent codes decoded per model call (and most inputs per guide call); sample
-        chunks hold ``max(1, max_batch // codes_per_sample)`` samples.
-    latent_site, obs_site : str
-        Site names.
+        Most latent codes decoded per model call (and most inputs per guide call).
+    check : bool
+        Refuse non-finite distances by naming the inputs.
 
     Returns
     -------
@@ -192,38 +239,36 @@ def sample_distances(
     n, event = x.shape[0], tuple(x.shape[1:])
     if delta is None:
         pert_shape: tuple[int, ...] = ()
-        x_all = x
+        x_pert = x
     else:
         pert_shape = tuple(delta.shape[: delta.dim() - x.dim()])
-        x_all = torch.cat([x, (x + delta).reshape(-1, *event)])
+        x_pert = (x + delta).reshape(-1, *event)
     n_pert = math.prod(pert_shape)
-    stats = [
-        guide_loc_scale(guide, xc, latent_site=latent_site) for xc in x_all.split(int(max_batch))
-    ]
-    loc_all = torch.cat([loc for loc, _ in stats]) if len(stats) > 1 else stats[0][0]
-    scale_all = torch.cat([scale for _, scale in stats]) if len(stats) > 1 else stats[0][1]
-    d_z = loc_all.shape[-1]
-    loc0, scale0 = loc_all[:n], scale_all[:n]
-    loc = loc_all[-n_pert * n :].reshape(n_pert, n, d_z)
-    scale = scale_all[-n_pert * n :].reshape(n_pert, n, d_z)
-    x_pert = x_all[-n_pert * n :]
-
     sample_ref = reference == "sample"
-    kw = {"generator": generator, "device": x.device, "dtype": loc_all.dtype}
-    eta = torch.randn(num_samples, 2 if sample_ref else 1, n, d_z, **kw)
-    codes_per_sample = n * (n_pert + (1 if sample_ref else 0))
-    chunk = min(num_samples, max(1, int(max_batch) // codes_per_sample))
-    size = math.prod(event)
+    d_z = pair.d_z
+    dtype = x.dtype
+    blocks = max(1, int(max_batch) // n)  # whole blocks of n rows keep per-input args aligned
 
-    with pyro.validation_enabled(False):
+    with pyro.validation_enabled(False), joint_rng(pair, generator, x.device):
+        if pair.fast:
+            x_enc = torch.cat([x, x_pert]) if sample_ref else x_pert
+            stats = [pair.encode(xc) for xc in x_enc.split(blocks * n)]
+            loc_all = torch.cat([s[0] for s in stats]) if len(stats) > 1 else stats[0][0]
+            scale_all = torch.cat([s[1] for s in stats]) if len(stats) > 1 else stats[0][1]
+            dtype = loc_all.dtype
+            loc = loc_all[-n_pert * n :].reshape(n_pert, n, d_z)
+            scale = scale_all[-n_pert * n :].reshape(n_pert, n, d_z)
+            if sample_ref:
+                loc0, scale0 = loc_all[:n], scale_all[:n]
+        kw = {"generator": generator, "device": x.device, "dtype": dtype}
+        eta = torch.randn(num_samples, 2 if sample_ref else 1, n, d_z, **kw)
+        codes_per_sample = n * (n_pert + (1 if sample_ref else 0))
+        chunk = min(num_samples, max(1, int(max_batch) // codes_per_sample))
         if sample_ref:
             x_dec = torch.cat([x_pert, x])
         else:
             x_dec = x_pert
-            ref = model_mean(
-                model, x, loc0.unsqueeze(0), latent_site=latent_site, obs_site=obs_site
-            )
-            ref = ref.reshape(1, 1, n, size)
+            ref = pair.centre(x).reshape(1, 1, n, -1)
         # The inputs repeated for a full chunk, built once: the model sees every code's own
         # input row in its data plate (what model_mean does per call, without a copy per chunk).
         x_rep = x_dec.expand(chunk, *x_dec.shape).reshape(chunk * x_dec.shape[0], *event)
@@ -233,27 +278,30 @@ def sample_distances(
         for start in range(0, num_samples, chunk):
             e = eta[start : start + chunk]
             s = e.shape[0]
-            z = loc + e[:, :1] * scale  # (s, n_pert, n, d_z)
-            z = z.reshape(s, n_pert * n, d_z)
+            e_rows = e[:, :1].expand(s, n_pert, n, d_z).reshape(s, n_pert * n, d_z)
             if sample_ref:
-                z = torch.cat([z, loc0 + e[:, 1] * scale0], dim=1)
-            rows = s * z.shape[1]
-            g = model_mean(
-                model,
-                x_rep[:rows],
-                z.reshape(rows, d_z),
-                latent_site=latent_site,
-                obs_site=obs_site,
-            )
-            g = g.reshape(s, -1, n, size)
+                e_rows = torch.cat([e_rows, e[:, 1]], dim=1)
+            rows = s * e_rows.shape[1]
+            e_rows = e_rows.reshape(rows, d_z)
+            if pair.fast:
+                z = (loc + e[:, :1] * scale).reshape(s, n_pert * n, d_z)
+                if sample_ref:
+                    z = torch.cat([z, loc0 + e[:, 1] * scale0], dim=1)
+                g = pair.decode(x_rep[:rows], {pair.latent_site: z.reshape(rows, d_z)})
+            else:
+                g = pair.reconstruct(x_rep[:rows], e_rows)
+            g = g.reshape(s, -1, n, math.prod(g.shape[1:]))
             if sample_ref:
                 g, ref = g[:, :n_pert], g[:, n_pert:]
             if reuse:
-                if buf is None:
-                    buf = g.new_empty(chunk, n_pert, n, size)
+                if buf is None or buf.shape[-1] != g.shape[-1]:
+                    buf = g.new_empty(chunk, n_pert, n, g.shape[-1])
                 diff = torch.sub(g, ref, out=buf[:s])
             else:
                 diff = g - ref
             out.append(torch.linalg.vector_norm(diff, dim=-1))  # (s, n_pert, n)
     dist = torch.cat(out) if len(out) > 1 else out[0]
-    return dist.reshape(num_samples, *pert_shape, n).movedim(-1, 1)
+    dist = dist.reshape(num_samples, *pert_shape, n).movedim(-1, 1)
+    if check:
+        check_finite_distances(dist.detach(), pair.obs_site)
+    return dist

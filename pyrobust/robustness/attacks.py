@@ -1,7 +1,8 @@
 r"""Adversarial attacks on variational autoencoders.
 
 Three attacks, each a query on a Pyro ``(model, guide)`` pair through the site protocol
-(:func:`pyrobust.models.guide_loc_scale`, :func:`pyrobust.models.model_mean`):
+(:mod:`pyrobust.models.sites`: every guide site replayed into the model, as
+``pyro.infer.Predictive`` does):
 
 * :func:`max_damage_attack` -- the untargeted maximum-damage attack of [1]_,
 
@@ -42,27 +43,30 @@ import numbers
 from collections.abc import Callable
 
 import numpy as np
-import pyro
 import torch
-from pyro import poutine
+from pyro.poutine.subsample_messenger import _Subsample
 from scipy import optimize
 
 from pyrobust._results import make_tree, to_numpy
-from pyrobust.models.sites import guide_loc_scale, model_mean
+from pyrobust.models.sites import Pair, _latents, per_row_log_prob
 from pyrobust.robustness._sampling import (
     DEFAULT_MAX_BATCH,
     REFERENCES,
     event_dims,
+    joint_rng,
     make_generator,
+    output_dims,
     sample_distances,
 )
 from pyrobust.robustness._stats import clopper_pearson, decide, decision_labels
 from pyrobust.robustness._validation import (
     check_choice,
     check_confidence,
+    check_finite,
     check_inputs,
     check_positive_int,
     check_seed,
+    check_site_name,
 )
 
 __all__ = ["latent_attack", "max_damage_attack", "output_attack"]
@@ -142,7 +146,40 @@ def _check_target(target, x: torch.Tensor, fn: str) -> torch.Tensor:
             f"input) or x's shape {tuple(x.shape)} (one per input); got "
             f"{tuple(target.shape)}."
         )
-    return target.detach().to(device=x.device, dtype=x.dtype)
+    target = target.detach().to(device=x.device, dtype=x.dtype)
+    check_finite(target, "target")
+    return target
+
+
+def _build_pair(model, guide, x, model_args, model_kwargs, latent_site, obs_site) -> Pair:
+    check_site_name(latent_site, "latent_site")
+    check_site_name(obs_site, "obs_site")
+    return Pair.build(
+        model,
+        guide,
+        x,
+        model_args=model_args,
+        model_kwargs=model_kwargs,
+        latent_site=latent_site,
+        obs_site=obs_site,
+    )
+
+
+def _check_obs_target(target, pair: Pair, fn: str) -> torch.Tensor:
+    """A target in the observed site's shape: ``obs_event`` (shared) or ``(n, *obs_event)``."""
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"{fn}: target must be a torch.Tensor; got {type(target).__name__}.")
+    event = pair.obs_event
+    if tuple(target.shape) == event:
+        target = target.unsqueeze(0).expand(pair.n, *event)
+    elif tuple(target.shape) != (pair.n, *event):
+        raise ValueError(
+            f"{fn}: target is the value the model's observed site {pair.obs_site!r} should score, "
+            f"so it has that site's shape: {event} (one target for every input) or "
+            f"{(pair.n, *event)} (one per input); got {tuple(target.shape)}."
+        )
+    check_finite(target, "target")
+    return target.detach()
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,63 +252,63 @@ def _random_start(shape, eps, norm, gen, x):
 # --------------------------------------------------------------------------------------------
 # the quantities attacked
 # --------------------------------------------------------------------------------------------
-def _reference(model, guide, x, latent_site, obs_site):
-    """The reference g(mu(x)) for (B, *event) inputs and the latent dim, without gradient."""
+def _reference(pair: Pair, x: torch.Tensor) -> torch.Tensor:
+    """The reference g(mu(x)) (extra sites at their centre) for (B, *event) inputs, no grad."""
     with torch.no_grad():
-        loc, _ = guide_loc_scale(guide, x, latent_site=latent_site)
-        ref = model_mean(model, x, loc, latent_site=latent_site, obs_site=obs_site)
-    return ref, loc.shape[-1]
+        return pair.centre(x)
 
 
-def _distances(model, guide, x, delta, ref, eta, latent_site, obs_site):
-    r"""Distances :math:`\|g(\mu(x+\delta) + \eta\sigma(x+\delta)) - \mathrm{ref}\|_2`, (K, B).
+def _repeat_rows(t: torch.Tensor, k: int) -> torch.Tensor:
+    """``t`` (B, ...) repeated ``k`` times along dim 0, as ``x.repeat(k, ...)``."""
+    return t.repeat(k, *([1] * (t.dim() - 1))) if k > 1 else t
 
-    ``x``, ``delta`` and ``ref`` are (B, *event); ``eta`` is (K, B, d_z); ``ref`` broadcasts
-    against the (K, B, *event) reconstructions (pass (K, B, *event) for sampled references).
+
+def _distances(pair: Pair, x, delta, ref, eta):
+    r"""Distances :math:`\|g(\text{draw at } x+\delta) - \mathrm{ref}\|_2`, shape (K, B).
+
+    ``x`` and ``delta`` are (B, *event), ``ref`` (B, *obs_event); ``eta`` is (K, B, d_z), the
+    latent noise of K joint guide draws per row. Differentiable in ``delta``.
     """
-    loc, scale = guide_loc_scale(guide, x + delta, latent_site=latent_site)
-    z = loc + eta * scale
-    g = model_mean(model, x, z, latent_site=latent_site, obs_site=obs_site)
-    return (g - ref).flatten(2).norm(dim=-1)
+    k, b = eta.shape[0], eta.shape[1]
+    x_in = x + delta
+    if pair.fast:
+        loc, scale = pair.encode(x_in)
+        z = (loc + eta * scale).reshape(k * b, -1)
+        g = pair.decode(_repeat_rows(x_in, k), {pair.latent_site: z})
+    else:
+        g = pair.reconstruct(_repeat_rows(x_in, k), eta.reshape(k * b, -1))
+    if delta.requires_grad and not g.requires_grad:
+        raise ValueError(
+            f"The reconstruction (mean of the model's observed site {pair.obs_site!r}) has no "
+            "gradient path to the input (e.g. pyro.deterministic(..., loc.detach()) or a "
+            "torch.no_grad() block), so a gradient attack cannot move it. Build the observed "
+            "site's distribution from z with differentiable torch operations."
+        )
+    return (g.reshape(k, b, -1) - ref.reshape(-1, b, math.prod(ref.shape[1:]))).norm(dim=-1)
 
 
 def _randn(k, b, d_z, gen, x):
     return torch.randn((k, b, d_z), generator=gen, device=x.device, dtype=x.dtype)
 
 
-def _mean_damage(model, guide, x, delta, n, gen, max_batch, latent_site, obs_site):
-    """Monte-Carlo E_eta ||g(...) - g(mu(x))|| with ``n`` fresh draws; (B,), no gradient."""
+def _mean_damage(pair: Pair, x, delta, n, gen, max_batch):
+    """Monte-Carlo E ||g(draw at x+delta) - g(mu(x))|| with ``n`` fresh draws; (B,), no grad."""
     with torch.no_grad():
-        d = sample_distances(
-            model,
-            guide,
-            x,
-            delta,
-            num_samples=n,
-            generator=gen,
-            max_batch=max_batch,
-            latent_site=latent_site,
-            obs_site=obs_site,
-        )
+        d = sample_distances(pair, x, delta, num_samples=n, generator=gen, max_batch=max_batch)
     return d.mean(0)
 
 
-def _robust_counts(
-    model, guide, x, delta, r, *, num_samples, reference, gen, max_batch, latent_site, obs_site
-):
+def _robust_counts(pair: Pair, x, delta, r, *, num_samples, reference, gen, max_batch):
     """k of ``num_samples`` draws with ||Delta(x, delta)|| <= r, per row of (B, *event); (B,)."""
     with torch.no_grad():
         d = sample_distances(
-            model,
-            guide,
+            pair,
             x,
             delta,
             num_samples=num_samples,
             reference=reference,
             generator=gen,
             max_batch=max_batch,
-            latent_site=latent_site,
-            obs_site=obs_site,
         )
     return (d <= r).sum(0)
 
@@ -346,8 +383,7 @@ def _lbfgs_one(objective, x, eps, norm, box, steps, gen):
 
 
 def _attack_core(
-    model,
-    guide,
+    pair,
     x,
     ref,
     eps,
@@ -361,26 +397,22 @@ def _attack_core(
     eval_samples,
     box,
     gen,
-    d_z,
     max_batch,
-    latent_site,
-    obs_site,
 ):
     """Max-damage attack on (M, *event) inputs with per-input budgets ``eps`` (M,).
 
     Returns the best perturbation over restarts (M, *event) and its damage (M,), estimated
     with ``eval_samples`` fresh draws of the encoder noise.
     """
-    m = x.shape[0]
-    with pyro.validation_enabled(False):
+    m, d_z = x.shape[0], pair.d_z
+    with pair.session(), joint_rng(pair, gen, x.device):
         if method == "pgd":
-            x_r = x.repeat(restarts, *([1] * (x.dim() - 1)))
-            ref_r = ref.repeat(restarts, *([1] * (x.dim() - 1)))
+            x_r = _repeat_rows(x, restarts)
+            ref_r = _repeat_rows(ref, restarts)
 
             def objective(delta):
                 eta = _randn(eot_samples, delta.shape[0], d_z, gen, x)
-                d = _distances(model, guide, x_r, delta, ref_r, eta, latent_site, obs_site)
-                return d.mean(0)
+                return _distances(pair, x_r, delta, ref_r, eta).mean(0)
 
             cands = _projected_ascent(
                 objective,
@@ -399,10 +431,10 @@ def _attack_core(
             for i in range(m):
                 xi, refi, ei = x[i : i + 1], ref[i : i + 1], eps[i : i + 1]
                 eta_i = _randn(eot_samples, 1, d_z, gen, x)
+                pair_i = pair.subset(torch.tensor([i]))
 
-                def objective(delta, xi=xi, refi=refi, eta_i=eta_i):
-                    d = _distances(model, guide, xi, delta, refi, eta_i, latent_site, obs_site)
-                    return d.mean(0)
+                def objective(delta, xi=xi, refi=refi, eta_i=eta_i, pair_i=pair_i):
+                    return _distances(pair_i, xi, delta, refi, eta_i).mean(0)
 
                 rows.append(
                     torch.stack(
@@ -414,10 +446,8 @@ def _attack_core(
                 )
             cands = torch.stack(rows, dim=1)  # (R, M, *event)
         flat = cands.reshape(restarts * m, *x.shape[1:])
-        x_r = x.repeat(restarts, *([1] * (x.dim() - 1)))
-        dmg = _mean_damage(
-            model, guide, x_r, flat, eval_samples, gen, max_batch, latent_site, obs_site
-        ).reshape(restarts, m)
+        x_r = _repeat_rows(x, restarts)
+        dmg = _mean_damage(pair, x_r, flat, eval_samples, gen, max_batch).reshape(restarts, m)
     best = dmg.argmax(0)
     idx = torch.arange(m, device=x.device)
     return cands[best, idx], dmg[best, idx]
@@ -448,6 +478,8 @@ def max_damage_attack(
     seed: int | None = None,
     latent_site: str = "z",
     obs_site: str = "x",
+    model_args: tuple = (),
+    model_kwargs: dict | None = None,
 ):
     r"""The maximum-damage attack of [CAM] on every input and every budget at once.
 
@@ -509,6 +541,17 @@ def max_damage_attack(
         Seed of a local ``torch.Generator`` on ``x``'s device; same seed, same answer.
     latent_site, obs_site : str
         Site names of the protocol.
+    model_args, model_kwargs : tuple, dict, optional
+        Extra arguments: model and guide are called as ``model(x, *model_args,
+        **model_kwargs)`` (``pyro.infer.Predictive``'s convention); per-input tensors follow
+        their input through restarts and grids.
+
+    Notes
+    -----
+    Every draw replays all guide sites (Predictive semantics). Gradients flow through the
+    latent site and other reparameterisable guide sites; discrete guide sites are resampled
+    per step without a score-function term (a heuristic ascent direction: the reported damage
+    is an unbiased estimate at the returned ``delta`` either way).
 
     Returns
     -------
@@ -562,14 +605,15 @@ def max_damage_attack(
 
     n, e = x.shape[0], eps_grid.shape[0]
     event = tuple(x.shape[1:])
-    ref, d_z = _reference(model, guide, x, latent_site, obs_site)
+    pair = _build_pair(model, guide, x, model_args, model_kwargs, latent_site, obs_site)
+    with pair.session():
+        ref = _reference(pair, x)
     # Fold the eps grid into the batch: row (j, i) is input i under budget eps_j.
-    xe = x.repeat(e, *([1] * len(event)))
-    refe = ref.repeat(e, *([1] * len(event)))
+    xe = _repeat_rows(x, e)
+    refe = _repeat_rows(ref, e)
     epse = eps_grid.repeat_interleave(n)
     delta, damage = _attack_core(
-        model,
-        guide,
+        pair,
         xe,
         refe,
         epse,
@@ -582,10 +626,7 @@ def max_damage_attack(
         eval_samples=eval_samples,
         box=box,
         gen=gen,
-        d_z=d_z,
         max_batch=max_batch,
-        latent_site=latent_site,
-        obs_site=obs_site,
     )
     dnorm = _norm(delta, norm)
     summary = {
@@ -593,19 +634,17 @@ def max_damage_attack(
         "delta_norm": (("obs_id", "eps"), dnorm.reshape(e, n).T),
     }
     if r is not None:
-        k = _robust_counts(
-            model,
-            guide,
-            xe,
-            delta,
-            float(r),
-            num_samples=num_samples,
-            reference=reference,
-            gen=gen,
-            max_batch=max_batch,
-            latent_site=latent_site,
-            obs_site=obs_site,
-        )
+        with pair.session():
+            k = _robust_counts(
+                pair,
+                xe,
+                delta,
+                float(r),
+                num_samples=num_samples,
+                reference=reference,
+                gen=gen,
+                max_batch=max_batch,
+            )
         k = k.reshape(e, n).T
         lower, upper = clopper_pearson(k, num_samples, confidence)
         summary.update(
@@ -640,8 +679,7 @@ def max_damage_attack(
             "confidence": confidence,
             "reference": reference,
             "seed": seed,
-            "latent_site": latent_site,
-            "obs_site": obs_site,
+            **pair.attrs(),
         },
         name="max_damage_attack",
     )
@@ -660,28 +698,42 @@ def _divergence(loc, scale, loc_t, scale_t, divergence):
     )
 
 
-def _model_log_joint(model, x_obs, z, latent_site, obs_site, *, prior=True):
-    r""":math:`\log p(z) + \log p(x_{obs} | z)` from the model's trace, shape (K, B).
+def _latent_values(trace) -> dict[str, torch.Tensor]:
+    return {k: site["value"] for k, site in _latents(trace).items()}
 
-    ``z`` is (K, B, d_z); the K draws are folded into the data dim as in
-    :func:`pyrobust.models.model_mean`. With ``prior=False`` only :math:`\log p(x_{obs}|z)`.
+
+def _log_density(trace, rows: int, owner: str, *, sites=None) -> torch.Tensor:
+    """Unscaled log-density of a trace's sample sites (all, or ``sites``) per row, (rows,)."""
+    total = None
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
+            continue
+        if sites is not None and name not in sites:
+            continue
+        lp = per_row_log_prob(site, rows, owner)
+        total = lp if total is None else total + lp
+    if total is None:
+        raise ValueError(f"{owner} has no sample sites to score.")
+    return total
+
+
+def _negative_elbo(pair: Pair, x_in, target, eta):
+    r"""Per-row :math:`-\mathrm{ELBO}` of ``target`` with the guide fed ``x_in``, shape (B,).
+
+    ``eta`` (K, B, d_z) drives K joint guide draws per row. The log joint is that of the whole
+    model trace (every sample site: priors, observed sites, ``pyro.factor`` terms) with the
+    guide's sites replayed and the observed site scoring ``target``; the log-density of the
+    guide is that of all its sites.
     """
-    k, b = z.shape[0], z.shape[1]
-    x_rep = x_obs.unsqueeze(0).expand(k, *x_obs.shape).reshape(k * b, *x_obs.shape[1:])
-    conditioned = poutine.condition(model, data={latent_site: z.reshape(k * b, -1)})
-    trace = poutine.trace(conditioned).get_trace(x_rep)
-    total = 0.0
-    for name in (latent_site, obs_site) if prior else (obs_site,):
-        site = trace.nodes.get(name)
-        if site is None or site["type"] != "sample":
-            raise ValueError(
-                f"The model has no sample site {name!r}; pass the right "
-                "name with `latent_site=` / `obs_site=`."
-            )
-        lp = site["fn"].log_prob(site["value"])
-        lp = lp.expand(k * b) if lp.dim() == 0 else lp
-        total = total + lp.reshape(k * b, -1).sum(-1)
-    return total.reshape(k, b)
+    k, b = eta.shape[0], eta.shape[1]
+    rows = k * b
+    x_rows = _repeat_rows(x_in, k)
+    guide_tr = pair.draw(x_rows, eta.reshape(rows, -1))
+    values = _latent_values(guide_tr)
+    log_q = _log_density(guide_tr, rows, "The guide", sites=set(values))
+    model_tr = pair._model_trace(x_rows, {**values, pair.obs_site: _repeat_rows(target, k)})
+    log_p = _log_density(model_tr, rows, "The model")
+    return (log_q - log_p).reshape(k, b).mean(0)
 
 
 def _soft_descent(objective, x, *, steps, lr, box):
@@ -715,6 +767,7 @@ def _targeted(
     x,
     target,
     *,
+    kind,
     make_objective,
     lam,
     eps,
@@ -727,11 +780,32 @@ def _targeted(
     seed,
     latent_site,
     obs_site,
+    model_args,
+    model_kwargs,
     attrs,
 ):
-    """Shared driver of the targeted attacks: validation, folding, result tree."""
+    """Shared driver of the targeted attacks: validation, folding, result tree.
+
+    ``kind="latent"``: ``target`` is an input (encoded by the guide); ``kind="output"``:
+    ``target`` is a value of the observed site (scored by the model's likelihood).
+    """
     x = _check_x(x, fn)
-    target = _check_target(target, x, fn)
+    pair = _build_pair(model, guide, x, model_args, model_kwargs, latent_site, obs_site)
+    event = tuple(x.shape[1:])
+    if kind == "latent":
+        pair.require_single_latent(fn)
+        target = _check_target(target, x, fn)
+        encodable = True
+    else:
+        if pair.obs_deterministic:
+            raise ValueError(
+                f"{fn}: the model's observed site {obs_site!r} is a pyro.deterministic site: it "
+                "has no likelihood, so the ELBO of a target is undefined. Observe the data "
+                "with a distribution, e.g. pyro.sample(..., dist.Bernoulli(probs), obs=x)."
+            )
+        target = _check_obs_target(target, pair, fn)
+        # The target can be encoded too (for the divergence report) when it is an input.
+        encodable = pair.fast and pair.obs_event == event
     norm = check_choice(norm, "norm", _NORMS)
     steps = check_positive_int(steps, "steps")
     restarts = check_positive_int(restarts, "restarts")
@@ -753,22 +827,23 @@ def _targeted(
     gen = make_generator(check_seed(seed), x.device)
 
     n, g_len = x.shape[0], grid.shape[0]
-    event = tuple(x.shape[1:])
-    xe = x.repeat(g_len, *([1] * len(event)))
-    te = target.repeat(g_len, *([1] * len(event)))
+    xe = _repeat_rows(x, g_len)
+    te = _repeat_rows(target, g_len)
     ge = grid.repeat_interleave(n)
-    with pyro.validation_enabled(False):
-        with torch.no_grad():
-            loc_t, scale_t = guide_loc_scale(guide, te, latent_site=latent_site)
+    with pair.session(), joint_rng(pair, gen, x.device):
+        loc_t = scale_t = None
+        if encodable:
+            with torch.no_grad():
+                loc_t, scale_t = pair.encode(te)
         if mode == "soft":
-            cost = make_objective(xe, te, loc_t, scale_t, gen, 1)
+            cost = make_objective(pair, xe, te, loc_t, scale_t, gen, 1)
 
             def soft(delta):
                 return cost(delta) + ge * _smooth_l2(delta)
 
             delta = _soft_descent(soft, xe, steps=steps, lr=lr, box=box)
         else:
-            cost = make_objective(xe, te, loc_t, scale_t, gen, restarts)
+            cost = make_objective(pair, xe, te, loc_t, scale_t, gen, restarts)
             cands = _projected_ascent(
                 lambda d: -cost(d),
                 xe,
@@ -785,32 +860,45 @@ def _targeted(
             best = vals.argmin(0)
             delta = cands[best, torch.arange(xe.shape[0], device=x.device)]
         with torch.no_grad():
-            loc, scale = guide_loc_scale(guide, xe + delta, latent_site=latent_site)
-            recon = model_mean(model, xe, loc, latent_site=latent_site, obs_site=obs_site)
-            recon_t = model_mean(model, te, loc_t, latent_site=latent_site, obs_site=obs_site)
-            div = _divergence(loc, scale, loc_t, scale_t, attrs.get("divergence", "kl"))
-            obj = make_objective(xe, te, loc_t, scale_t, gen, 1)(delta)
+            recon = pair.centre(xe + delta)
+            obj = make_objective(pair, xe, te, loc_t, scale_t, gen, 1)(delta)
+            if encodable:
+                loc, scale = pair.encode(xe + delta)
+                div = _divergence(loc, scale, loc_t, scale_t, attrs.get("divergence", "kl"))
+                recon_t = pair.centre(te) if kind == "latent" else None
 
     def by_input(v):
         return v.reshape(g_len, n).T
 
+    def flat_norm(v):
+        return v.reshape(v.shape[0], -1).norm(dim=-1)
+
     distortion = _norm(delta, norm)
-    target_distance = (recon - te).flatten(1).norm(dim=-1)
     summary = {
         "distortion": (("obs_id", dim), by_input(distortion)),
-        "divergence": (("obs_id", dim), by_input(div)),
         "objective": (("obs_id", dim), by_input(obj)),
-        "target_distance": (("obs_id", dim), by_input(target_distance)),
-        "recon_distance": (("obs_id", dim), by_input((recon - recon_t).flatten(1).norm(dim=-1))),
     }
+    # ||g(mu(x+d)) - x_t||: the target in the observed site's shape (output attack), or an input
+    # target when the observed site has the input's shape (latent attack).
+    curve = None
+    if kind == "output" or pair.obs_event == event:
+        curve = flat_norm(recon - te.reshape(recon.shape))
+        summary["target_distance"] = (("obs_id", dim), by_input(curve))
+    if encodable:
+        summary["divergence"] = (("obs_id", dim), by_input(div))
+    if kind == "latent":
+        recon_distance = flat_norm(recon - recon_t)
+        summary["recon_distance"] = (("obs_id", dim), by_input(recon_distance))
+        curve = recon_distance if curve is None else curve
     if g_len > 1:
-        dist_c, dist_t = by_input(distortion), by_input(target_distance)
+        dist_c, dist_t = by_input(distortion), by_input(curve)
         order = dist_c.argsort(dim=-1)
         summary["auc"] = (
             ("obs_id",),
             torch.trapezoid(dist_t.gather(-1, order), dist_c.gather(-1, order), dim=-1),
         )
     pix = list(event_dims(len(event)))
+    t_dims = pix if kind == "latent" else list(output_dims(pair.obs_event, event, obs_site))
     return make_tree(
         {
             "constant_data": {
@@ -821,7 +909,7 @@ def _targeted(
         },
         dims={
             "x": ["obs_id", *pix],
-            "target": ["obs_id", *pix],
+            "target": ["obs_id", *t_dims],
             "delta": ["obs_id", dim, *pix],
         },
         coords={"obs_id": np.arange(n), dim: grid},
@@ -836,8 +924,7 @@ def _targeted(
             "restarts": restarts,
             "box": box,
             "seed": seed,
-            "latent_site": latent_site,
-            "obs_site": obs_site,
+            **pair.attrs(),
         },
         name=attrs["query"],
     )
@@ -876,6 +963,8 @@ def latent_attack(
     seed: int | None = None,
     latent_site: str = "z",
     obs_site: str = "x",
+    model_args: tuple = (),
+    model_kwargs: dict | None = None,
 ):
     r"""Targeted latent-space attack of Tabacof et al. [2]_ and Gondim-Ribeiro et al. [3]_.
 
@@ -925,16 +1014,31 @@ def latent_attack(
     box : (float, float) or None, default (0, 1)
     seed : int, optional
     latent_site, obs_site : str
+    model_args, model_kwargs : tuple, dict, optional
+        Extra arguments: model and guide are called as ``model(x, *model_args,
+        **model_kwargs)`` (``pyro.infer.Predictive``'s convention).
+
+    Notes
+    -----
+    The divergence is between the latent site's distributions; a guide with other latent
+    sites is refused by name (the attack's objective has no term for them).
+    ``target_distance`` is reported when the observed site has the input's shape.
     """
     fn = "latent_attack"
     divergence = check_choice(divergence, "divergence", _DIVERGENCES)
 
-    def make_objective(xe, te, loc_t, scale_t, gen, reps):
-        x_r = xe.repeat(reps, *([1] * (xe.dim() - 1)))
-        lt, st = loc_t.repeat(reps, 1), scale_t.repeat(reps, 1)
+    def make_objective(pair, xe, te, loc_t, scale_t, gen, reps):
+        x_r = _repeat_rows(xe, reps)
+        lt, st = _repeat_rows(loc_t, reps), _repeat_rows(scale_t, reps)
 
         def cost(delta):
-            loc, scale = guide_loc_scale(guide, x_r + delta, latent_site=latent_site)
+            loc, scale = pair.encode(x_r + delta)
+            if delta.requires_grad and not loc.requires_grad:
+                raise ValueError(
+                    f"{fn}: the encoder mean (loc of the guide's latent site "
+                    f"{pair.latent_site!r}) does not depend differentiably on the input; build "
+                    "it from x with differentiable torch operations."
+                )
             return _divergence(loc, scale, lt, st, divergence)
 
         return cost
@@ -945,6 +1049,7 @@ def latent_attack(
         guide,
         x,
         target,
+        kind="latent",
         make_objective=make_objective,
         lam=lam,
         eps=eps,
@@ -957,6 +1062,8 @@ def latent_attack(
         seed=seed,
         latent_site=latent_site,
         obs_site=obs_site,
+        model_args=model_args,
+        model_kwargs=model_kwargs,
         attrs={"query": "latent_attack", "divergence": divergence},
     )
 
@@ -979,44 +1086,54 @@ def output_attack(
     seed: int | None = None,
     latent_site: str = "z",
     obs_site: str = "x",
+    model_args: tuple = (),
+    model_kwargs: dict | None = None,
 ):
     r"""Targeted output attack of Kos et al. [4]_: make the VAE reconstruct a target.
 
     .. math::
 
-       \min_d\; -\mathrm{ELBO}\bigl(x_t;\, q(z|x+d)\bigr) + \lambda \|d\|_2, \qquad
-       -\mathrm{ELBO} = \mathbb{E}_{q(z|x+d)}\bigl[\log q(z|x+d) - \log p(z)
-       - \log p(x_t|z)\bigr],
+       \min_d\; -\mathrm{ELBO}\bigl(x_t;\, q(\cdot|x+d)\bigr) + \lambda \|d\|_2, \qquad
+       -\mathrm{ELBO} = \mathbb{E}_{q(w|x+d)}\bigl[\log q(w|x+d) - \log p(x_t, w)\bigr],
 
-    i.e. the encoder is fed the perturbed input while the likelihood scores the target. The
-    expectation uses ``elbo_samples`` fresh reparameterised draws per step; :math:`\log p(z)`
-    and :math:`\log p(x_t|z)` are read from the model's trace (its latent and observed
-    sites), so any likelihood works. ``eps`` gives the hard version
-    :math:`\min_{\|d\| \le \epsilon}`. The protocol sweep, solvers and result are those of
-    :func:`latent_attack` (``divergence`` is the KL to the target's encoding).
+    i.e. the guide is fed the perturbed input while the model scores the target :math:`x_t`
+    at its observed site. :math:`w` are all the guide's latent sites (drawn jointly, the latent
+    site reparameterised), and :math:`\log p(x_t, w)` is the log joint of the **whole** model
+    trace: every prior, observed site and ``pyro.factor`` term (priors written as observed
+    sites, hierarchical priors and all), unscaled. The expectation uses ``elbo_samples``
+    fresh draws per step. ``eps`` gives the hard version :math:`\min_{\|d\| \le \epsilon}`.
+    The protocol sweep, solvers and result are those of :func:`latent_attack`.
 
     Parameters
     ----------
-    model, guide, x, target, lam, eps, norm, steps, step_size, lr, restarts, box, seed,
-    latent_site, obs_site
+    model, guide, x, lam, eps, norm, steps, step_size, lr, restarts, box, seed, latent_site,
+    obs_site, model_args, model_kwargs
         As in :func:`latent_attack`.
+    target : torch.Tensor
+        The value the model's observed site should score, **in the observed site's shape**:
+        ``obs_event`` (one target for all inputs) or ``(len(x), *obs_event)``. For the Pyro
+        tutorial's VAE, whose observed site is ``x.reshape(-1, 784)``, a target image is
+        passed flattened.
     elbo_samples : int, default 8
-        Encoder draws per ELBO estimate.
+        Joint guide draws per ELBO estimate.
+
+    Notes
+    -----
+    A ``pyro.deterministic`` observed site has no likelihood and is refused. ``divergence``
+    (the KL to the target's encoding) and ``recon_distance`` are reported when the target can
+    also be encoded, i.e. the observed site has the input's shape and the guide has no other
+    latent sites.
     """
     fn = "output_attack"
     elbo_samples = check_positive_int(elbo_samples, "elbo_samples")
 
-    def make_objective(xe, te, loc_t, scale_t, gen, reps):
-        x_r = xe.repeat(reps, *([1] * (xe.dim() - 1)))
-        t_r = te.repeat(reps, *([1] * (te.dim() - 1)))
+    def make_objective(pair, xe, te, loc_t, scale_t, gen, reps):
+        x_r = _repeat_rows(xe, reps)
+        t_r = _repeat_rows(te, reps)
 
         def cost(delta):
-            loc, scale = guide_loc_scale(guide, x_r + delta, latent_site=latent_site)
-            eta = _randn(elbo_samples, loc.shape[0], loc.shape[-1], gen, x_r)
-            z = loc + eta * scale
-            log_q = torch.distributions.Normal(loc, scale).log_prob(z).sum(-1)
-            log_p = _model_log_joint(model, t_r, z, latent_site, obs_site)
-            return (log_q - log_p).mean(0)
+            eta = _randn(elbo_samples, x_r.shape[0], pair.d_z, gen, x_r)
+            return _negative_elbo(pair, x_r + delta, t_r, eta)
 
         return cost
 
@@ -1026,6 +1143,7 @@ def output_attack(
         guide,
         x,
         target,
+        kind="output",
         make_objective=make_objective,
         lam=lam,
         eps=eps,
@@ -1038,6 +1156,8 @@ def output_attack(
         seed=seed,
         latent_site=latent_site,
         obs_site=obs_site,
+        model_args=model_args,
+        model_kwargs=model_kwargs,
         attrs={"query": "output_attack", "elbo_samples": elbo_samples},
     )
 

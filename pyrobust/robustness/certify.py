@@ -49,7 +49,8 @@ import torch
 from scipy import optimize, stats
 
 from pyrobust._results import make_tree, to_numpy
-from pyrobust.models.sites import guide_loc_scale
+from pyrobust.models.sites import Pair
+from pyrobust.robustness._validation import check_inputs, check_site_name
 
 __all__ = ["LipschitzDesign", "certified_margin", "chi2_tail_bound", "design_lipschitz"]
 
@@ -286,6 +287,8 @@ def certified_margin(
     gamma: float | None = None,
     tail: str = "inglot",
     latent_site: str = "z",
+    model_args: tuple = (),
+    model_kwargs: dict | None = None,
 ):
     r"""Certified margin of r-robustness of a Lipschitz VAE, per input and radius [1]_.
 
@@ -327,6 +330,14 @@ def certified_margin(
         probability is bounded, not the distribution).
     latent_site : str, default "z"
         Name of the latent site.
+    model_args, model_kwargs : tuple, dict, optional
+        Extra arguments of ``guide(x, *model_args, **model_kwargs)``.
+
+    Notes
+    -----
+    The certificate covers a single diagonal-Gaussian latent site: a guide with other latent
+    sites is refused by name. Only the guide is run (``model`` may be ``None`` when all
+    constants are given).
 
     Returns
     -------
@@ -355,11 +366,15 @@ def certified_margin(
     True
     """
     tail = _check_tail(tail)
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"`x` must be a torch.Tensor of inputs; got {type(x).__name__}.")
+    x = check_inputs(x)
+    latent_site = check_site_name(latent_site, "latent_site")
     a, b, c, gamma, source = _resolve(model, guide, a, b, c, gamma)
-    with torch.no_grad():
-        _, scale = guide_loc_scale(guide, x, latent_site=latent_site)
+    pair = Pair.build_guide(
+        guide, x, model_args=model_args, model_kwargs=model_kwargs, latent_site=latent_site
+    )
+    pair.require_single_latent("certified_margin")
+    with torch.no_grad(), pair.session():
+        _, scale = pair.encode(x)
         m = _check_m(scale.shape[-1], tail)
         dtype = scale.dtype if scale.dtype.is_floating_point else torch.float32
         rt, sweep = _radii(r, device=scale.device, dtype=dtype)

@@ -18,15 +18,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import pyro
 import torch
 
 from pyrobust._results import make_tree
-from pyrobust.models.sites import guide_loc_scale
+from pyrobust.models.sites import _Centre, _latents
 from pyrobust.robustness._sampling import (
     DEFAULT_MAX_BATCH,
     REFERENCES,
     event_dims,
+    joint_rng,
     make_generator,
 )
 from pyrobust.robustness._stats import clopper_pearson, decide, decision_labels
@@ -42,12 +42,14 @@ from pyrobust.robustness.attacks import (
     _METHODS,
     _NORMS,
     _attack_core,
+    _build_pair,
     _check_box,
     _check_positive,
     _check_x,
-    _model_log_joint,
+    _log_density,
     _norm,
     _reference,
+    _repeat_rows,
     _robust_counts,
 )
 
@@ -77,6 +79,8 @@ def empirical_margin(
     seed: int | None = None,
     latent_site: str = "z",
     obs_site: str = "x",
+    model_args: tuple = (),
+    model_kwargs: dict | None = None,
 ):
     r"""The empirical r-robustness margin: the largest radius the strongest attack cannot break.
 
@@ -127,6 +131,8 @@ def empirical_margin(
     max_batch : int, default 16384
     seed : int, optional
     latent_site, obs_site : str
+    model_args, model_kwargs : tuple, dict, optional
+        Extra arguments of ``model(x, *model_args, **model_kwargs)`` and of the guide.
 
     Returns
     -------
@@ -181,28 +187,27 @@ def empirical_margin(
     gen = make_generator(check_seed(seed), x.device)
 
     n, event = x.shape[0], tuple(x.shape[1:])
-    ref, d_z = _reference(model, guide, x, latent_site, obs_site)
+    pair = _build_pair(model, guide, x, model_args, model_kwargs, latent_site, obs_site)
+    with pair.session():
+        ref = _reference(pair, x)
 
     def counts(idx, delta):
-        return _robust_counts(
-            model,
-            guide,
-            x[idx],
-            delta,
-            r_val,
-            num_samples=num_samples,
-            reference=reference,
-            gen=gen,
-            max_batch=max_batch,
-            latent_site=latent_site,
-            obs_site=obs_site,
-        )
+        with pair.session():
+            return _robust_counts(
+                pair.subset(idx),
+                x[idx],
+                delta,
+                r_val,
+                num_samples=num_samples,
+                reference=reference,
+                gen=gen,
+                max_batch=max_batch,
+            )
 
     def attack(idx, radius):
         """Strongest attack of budget ``radius`` (per input) and the robust counts after it."""
         delta, damage = _attack_core(
-            model,
-            guide,
+            pair.subset(idx),
             x[idx],
             ref[idx],
             radius,
@@ -215,10 +220,7 @@ def empirical_margin(
             eval_samples=eval_samples,
             box=box,
             gen=gen,
-            d_z=d_z,
             max_batch=max_batch,
-            latent_site=latent_site,
-            obs_site=obs_site,
         )
         return delta, damage, counts(idx, delta)
 
@@ -240,35 +242,34 @@ def empirical_margin(
         delta_hi[down], damage_hi[down] = delta[~robust], damage[~robust]
         return robust
 
-    with pyro.validation_enabled(False):
-        # Upper end of the bracket.
-        idx = todo.nonzero().squeeze(-1)
-        if radius_max is not None or box is not None:
-            if radius_max is not None:
-                top = torch.full((n,), radius_max, dtype=x.dtype, device=x.device)
-            else:
-                far = torch.maximum(x - box[0], box[1] - x)
-                top = _norm(far, norm)
-            hi[idx] = top[idx]
-            if idx.numel():
-                robust = record(idx, top[idx], *attack(idx, top[idx]))
-                broken[idx[~robust]] = True
+    # Upper end of the bracket.
+    idx = todo.nonzero().squeeze(-1)
+    if radius_max is not None or box is not None:
+        if radius_max is not None:
+            top = torch.full((n,), radius_max, dtype=x.dtype, device=x.device)
         else:
-            radius = torch.ones(n, dtype=x.dtype, device=x.device)
-            for _ in range(31):
-                if not idx.numel():
-                    break
-                robust = record(idx, radius[idx], *attack(idx, radius[idx]))
-                broken[idx[~robust]] = True
-                idx = idx[robust]
-                radius[idx] = 2 * radius[idx]
-        unbroken = todo & ~broken
-        hi[unbroken] = lo[unbroken]
-        # Bisection, every bracketed input at its own midpoint, in one batch per step.
-        idx = (todo & broken).nonzero().squeeze(-1)
-        for _ in range(bisection_steps if idx.numel() else 0):
-            mid = 0.5 * (lo[idx] + hi[idx])
-            record(idx, mid, *attack(idx, mid))
+            far = torch.maximum(x - box[0], box[1] - x)
+            top = _norm(far, norm)
+        hi[idx] = top[idx]
+        if idx.numel():
+            robust = record(idx, top[idx], *attack(idx, top[idx]))
+            broken[idx[~robust]] = True
+    else:
+        radius = torch.ones(n, dtype=x.dtype, device=x.device)
+        for _ in range(31):
+            if not idx.numel():
+                break
+            robust = record(idx, radius[idx], *attack(idx, radius[idx]))
+            broken[idx[~robust]] = True
+            idx = idx[robust]
+            radius[idx] = 2 * radius[idx]
+    unbroken = todo & ~broken
+    hi[unbroken] = lo[unbroken]
+    # Bisection, every bracketed input at its own midpoint, in one batch per step.
+    idx = (todo & broken).nonzero().squeeze(-1)
+    for _ in range(bisection_steps if idx.numel() else 0):
+        mid = 0.5 * (lo[idx] + hi[idx])
+        record(idx, mid, *attack(idx, mid))
 
     lower_lo, upper_lo = clopper_pearson(k_lo, num_samples, confidence)
     lower_hi, upper_hi = clopper_pearson(k_hi, num_samples, confidence)
@@ -318,8 +319,7 @@ def empirical_margin(
             "reference": reference,
             "box": box,
             "seed": seed,
-            "latent_site": latent_site,
-            "obs_site": obs_site,
+            **pair.attrs(),
             "decision_rule": "robust at a radius if the point estimate p_hat > 1/2 (as [CAM])",
         },
         name="empirical_margin",
@@ -340,24 +340,28 @@ def likelihood_degradation(
     seed: int | None = None,
     latent_site: str = "z",
     obs_site: str = "x",
+    model_args: tuple = (),
+    model_kwargs: dict | None = None,
 ):
     r"""The likelihood degradation of [1]_ caused by perturbations ``delta``.
 
     .. math::
 
-       \mathrm{LD}(x, \delta) = \frac{\log p(x \mid z^\star) - \log p(x \mid z)}
-       {\lvert \log p(x \mid z) \rvert},
+       \mathrm{LD}(x, \delta) = \frac{\log p(x_{obs} \mid w^\star) - \log p(x_{obs} \mid w)}
+       {\lvert \log p(x_{obs} \mid w) \rvert},
 
-    where :math:`z` is the code of the clean input and :math:`z^\star` that of the attacked
-    input :math:`x + \delta`, both scored against the *clean* :math:`x`. By default the codes
-    are the encoder means :math:`\mu(x), \mu(x+\delta)`; with ``num_samples`` the log
-    likelihoods are averaged over that many reparameterised draws of each code. Negative
-    values mean the attack made the reconstruction of :math:`x` less likely.
+    where :math:`w` are the guide's latent codes of the clean input and :math:`w^\star` those
+    of the attacked input :math:`x + \delta`, both scored against :math:`x_{obs}`, **the
+    observed site's value at the clean input** (for the Pyro tutorial's VAE the flattened
+    image; for a conditional VAE its target). The model runs on the clean input. By default
+    the codes are the guide's centre (the latent site's mean, other sites at their mean or
+    mode); with ``num_samples`` the log likelihoods are averaged over that many joint guide
+    draws. Negative values mean the attack made the clean observation less likely.
 
     Parameters
     ----------
     model, guide : callable
-        A Pyro VAE pair following the site protocol; :math:`\log p(x|z)` is the observed
+        A Pyro VAE pair following the site protocol; :math:`\log p(x_{obs}|w)` is the observed
         site's ``log_prob`` summed over its event.
     x : torch.Tensor
         Clean inputs ``(batch, *event)``.
@@ -367,12 +371,19 @@ def likelihood_degradation(
     num_samples : int, optional
     seed : int, optional
     latent_site, obs_site : str
+    model_args, model_kwargs : tuple, dict, optional
+        Extra arguments of ``model(x, *model_args, **model_kwargs)`` and of the guide.
 
     Returns
     -------
     xarray.DataTree
         ``robustness``: ``log_lik_clean`` (``obs_id``), ``log_lik_attacked`` and
         ``likelihood_degradation`` (``obs_id`` and, for a stack, ``perturbation``).
+
+    Raises
+    ------
+    ValueError
+        If the observed site is not observed at ``x`` (there is nothing to score).
     """
     fn = "likelihood_degradation"
     x = _check_x(x, fn)
@@ -381,19 +392,30 @@ def likelihood_degradation(
     if num_samples is not None:
         num_samples = check_positive_int(num_samples, "num_samples")
     gen = make_generator(check_seed(seed), x.device)
+    pair = _build_pair(model, guide, x, model_args, model_kwargs, latent_site, obs_site)
+    if pair.obs_value is None:
+        raise ValueError(
+            f"{fn}: the model's observed site {obs_site!r} is not observed at x (no obs= value), "
+            "so there is no clean observation to score. Pass the data the model observes."
+        )
     m, n, event = delta.shape[0], x.shape[0], tuple(x.shape[1:])
-    inputs = torch.cat([x, (x + delta).reshape(m * n, *event)])
-    x_obs = x.repeat(m + 1, *([1] * len(event)))
-    with pyro.validation_enabled(False), torch.no_grad():
-        loc, scale = guide_loc_scale(guide, inputs, latent_site=latent_site)
+    inputs = torch.cat([x, (x + delta).reshape(m * n, *event)])  # (m + 1) blocks of n rows
+    k = 1 if num_samples is None else num_samples
+    rows = k * (m + 1) * n
+    x_clean = _repeat_rows(x, k * (m + 1))
+    obs = _repeat_rows(pair.obs_value, k * (m + 1))
+    with pair.session(), joint_rng(pair, gen, x.device), torch.no_grad():
         if num_samples is None:
-            z = loc.unsqueeze(0)
+            guide_tr = pair._guide_trace(inputs, _Centre(latent_site))
         else:
             eta = torch.randn(
-                (num_samples, *loc.shape), generator=gen, device=x.device, dtype=loc.dtype
+                (rows, pair.d_z), generator=gen, device=x.device, dtype=pair.obs_value.dtype
             )
-            z = loc + eta * scale
-        log_lik = _model_log_joint(model, x_obs, z, latent_site, obs_site, prior=False).mean(0)
+            guide_tr = pair.draw(_repeat_rows(inputs, k), eta)
+        values = {name: site["value"] for name, site in _latents(guide_tr).items()}
+        model_tr = pair._model_trace(x_clean, {**values, obs_site: obs})
+        log_lik = _log_density(model_tr, rows, "The model", sites={obs_site})
+        log_lik = log_lik.reshape(k, (m + 1) * n).mean(0)
     clean = log_lik[:n]
     attacked = log_lik[n:].reshape(m, n).T
     degradation = (attacked - clean.unsqueeze(-1)) / clean.abs().unsqueeze(-1)
@@ -418,10 +440,10 @@ def likelihood_degradation(
         attrs={
             "query": "likelihood_degradation",
             "num_samples": num_samples,
-            "codes": "encoder mean" if num_samples is None else "encoder draws",
+            "codes": "guide centre" if num_samples is None else "joint guide draws",
+            "scored": f"the observed site {obs_site!r} at the clean input",
             "seed": seed,
-            "latent_site": latent_site,
-            "obs_site": obs_site,
+            **pair.attrs(),
         },
         name="likelihood_degradation",
     )

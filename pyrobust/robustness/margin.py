@@ -11,6 +11,7 @@ import torch
 import xarray as xr
 
 from pyrobust._results import make_tree
+from pyrobust.models.sites import Pair
 from pyrobust.robustness._jacobian import encoder_jacobian
 from pyrobust.robustness._sampling import (
     DEFAULT_MAX_BATCH,
@@ -49,6 +50,8 @@ def margin_bound(
     obs_site: str = "x",
     seed: int | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
+    model_args: tuple = (),
+    model_kwargs: dict | None = None,
 ) -> xr.DataTree:
     r"""Lower bound on the r-robustness margin from the encoder Jacobian [1]_.
 
@@ -102,6 +105,14 @@ def margin_bound(
     max_batch : int, default 16384
         Most latent codes per model call; the Jacobian is computed in chunks of
         ``max_batch // d_z`` inputs.
+    model_args, model_kwargs : tuple, dict, optional
+        Extra arguments of ``model(x, *model_args, **model_kwargs)`` and of the guide.
+
+    Notes
+    -----
+    The theorem covers one diagonal-Gaussian latent site: a guide that samples other latent
+    sites is refused by name (use :func:`pyrobust.r_robustness` or
+    :func:`pyrobust.empirical_margin`, which replay every guide site).
 
     Returns
     -------
@@ -156,20 +167,29 @@ def margin_bound(
     seed_used = resolve_seed(check_seed(seed))
     generator = torch.Generator(device=x.device).manual_seed(seed_used)
 
-    _, scale, jac = encoder_jacobian(guide, x, latent_site=latent_site, max_batch=max_batch)
+    pair = Pair.build(
+        model,
+        guide,
+        x,
+        model_args=model_args,
+        model_kwargs=model_kwargs,
+        latent_site=latent_site,
+        obs_site=obs_site,
+    )
+    pair.require_single_latent("margin_bound")
+    with pair.session():
+        _, scale, jac = encoder_jacobian(pair, x, max_batch=max_batch)
+        with torch.no_grad():
+            dist = sample_distances(
+                pair,
+                x,
+                None,
+                num_samples=num_samples,
+                reference=reference,
+                generator=generator,
+                max_batch=max_batch,
+            )  # (S, n)
     with torch.no_grad():
-        dist = sample_distances(
-            model,
-            guide,
-            x,
-            None,
-            num_samples=num_samples,
-            reference=reference,
-            generator=generator,
-            max_batch=max_batch,
-            latent_site=latent_site,
-            obs_site=obs_site,
-        )  # (S, n)
         k, _ = count_inside(dist, r_t)  # (n, R)
         p_a = k.to(torch.float64) / num_samples
         p_used = p_a if confidence is None else clopper_pearson_lower(k, num_samples, confidence)
@@ -205,8 +225,7 @@ def margin_bound(
         "norm": norm,
         "confidence": confidence,
         "reference": reference,
-        "latent_site": latent_site,
-        "obs_site": obs_site,
+        **pair.attrs(),
         "seed": seed_used,
         "max_batch": max_batch,
         "perturbation_norm": "l2",

@@ -14,6 +14,7 @@ import torch
 import xarray as xr
 
 from pyrobust._results import make_tree
+from pyrobust.models.sites import Pair
 from pyrobust.robustness._sampling import (
     DEFAULT_MAX_BATCH,
     FAMILIES,
@@ -80,6 +81,8 @@ def r_robustness(
     max_batch: int = DEFAULT_MAX_BATCH,
     eps: float | Any | None = None,
     family: str | None = None,
+    model_args: tuple = (),
+    model_kwargs: dict | None = None,
 ) -> xr.DataTree:
     r"""Probability that the reconstruction of :math:`x + \delta` stays within ``r`` [1]_.
 
@@ -143,6 +146,18 @@ def r_robustness(
         ``"gaussian"`` :math:`u \sim N(0, I/d)` (so :math:`E\|\epsilon u\|^2 = \epsilon^2`),
         ``"sphere"`` uniform on the unit l2 sphere, ``"linf"`` uniform in :math:`[-1, 1]^d`.
         Mutually exclusive with ``delta``.
+    model_args, model_kwargs : tuple, dict, optional
+        Extra arguments: model and guide are called as ``model(x, *model_args,
+        **model_kwargs)``, as by ``pyro.infer.Predictive``. Tensors whose leading dim is
+        ``len(x)`` follow their input when draws are folded into the data plate.
+
+    Notes
+    -----
+    Every latent site of the guide is drawn jointly from the guide at :math:`x + \delta` and
+    replayed into the model (the semantics of ``pyro.infer.Predictive(model, guide=guide)``);
+    nothing comes from the model's prior. With ``reference="mean"`` the reference holds the
+    guide's other latent sites at their mean (continuous) or mode (discrete). Modules in
+    training mode run in evaluation mode for the query (their flags are restored after).
 
     Returns
     -------
@@ -239,18 +254,24 @@ def r_robustness(
     else:
         delta_t, pert_dims = None, ()
 
-    with torch.no_grad():
+    pair = Pair.build(
+        model,
+        guide,
+        x,
+        model_args=model_args,
+        model_kwargs=model_kwargs,
+        latent_site=latent_site,
+        obs_site=obs_site,
+    )
+    with torch.no_grad(), pair.session():
         dist = sample_distances(
-            model,
-            guide,
+            pair,
             x,
             delta_t,
             num_samples=num_samples,
             reference=reference,
             generator=generator,
             max_batch=max_batch,
-            latent_site=latent_site,
-            obs_site=obs_site,
         )  # (S, n, *pert)
         k, degree = count_inside(dist, r_t)  # (n, *pert, R), (n, *pert)
         lower, upper = clopper_pearson(k, num_samples, confidence)
@@ -279,14 +300,13 @@ def r_robustness(
         "num_samples": num_samples,
         "reference": reference,
         "confidence": confidence,
-        "latent_site": latent_site,
-        "obs_site": obs_site,
+        **pair.attrs(),
         "seed": seed_used,
         "max_batch": max_batch,
         "perturbation": "none" if delta_t is None else (family or "fixed"),
         "family": family,
         "eps": None if eps_t is None else eps_user.tolist(),
-        "distance": "l2 norm over all event dims",
+        "distance": "l2 norm over the observed site's event dims",
         "decision_rule": "robust if ci_lower > 1/2; not robust if ci_upper < 1/2; else undecided",
     }
     tree = make_tree(

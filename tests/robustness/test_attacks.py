@@ -13,10 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+from pyrobust.models.sites import Pair
 from pyrobust.robustness.attacks import (
     DEFAULT_LAMBDAS,
     _divergence,
-    _model_log_joint,
+    _negative_elbo,
     _project,
     latent_attack,
     max_damage_attack,
@@ -244,15 +245,20 @@ def test_output_attack_moves_reconstruction_to_target():
     np.testing.assert_allclose(rob["target_distance"].values[:, 0], best, rtol=0.01)
 
 
-def test_model_log_joint_matches_closed_form():
+def test_negative_elbo_matches_closed_form():
     lg = LinearGaussianVAE()
     x = torch.randn(3, lg.d_x, dtype=lg.dtype)
-    z = torch.randn(4, 3, lg.d_z, dtype=lg.dtype)
-    got = _model_log_joint(lg.model, x, z, "z", "x")
-    want = dist.Normal(0.0, 1.0).log_prob(z).sum(-1) + dist.Normal(
+    target = torch.randn(3, lg.d_x, dtype=lg.dtype)
+    eta = torch.randn(4, 3, lg.d_z, dtype=lg.dtype)
+    pair = Pair.build(lg.model, lg.guide, x)
+    got = _negative_elbo(pair, x, target, eta)
+    loc = x @ lg.A.T
+    z = loc + eta * lg.s
+    log_q = dist.Normal(loc, lg.s).log_prob(z).sum(-1)
+    log_p = dist.Normal(0.0, 1.0).log_prob(z).sum(-1) + dist.Normal(
         z @ lg.W.T, lg.obs_scale
-    ).log_prob(x).sum(-1)
-    torch.testing.assert_close(got, want)
+    ).log_prob(target).sum(-1)
+    torch.testing.assert_close(got, (log_q - log_p).mean(0))
 
 
 def test_bad_input_raises_clear_errors():
@@ -272,7 +278,7 @@ def test_bad_input_raises_clear_errors():
         max_damage_attack(lg.model, lg.guide, x, eps=0.1, box=(0, 1))
     with pytest.raises(ValueError, match=r"target must have the input's event shape \(6,\)"):
         latent_attack(lg.model, lg.guide, x, target[:4], **kw)
-    with pytest.raises(ValueError, match=r"target must have.*got \(3, 6\)"):
+    with pytest.raises(ValueError, match=r"observed site .x. should score.*got \(3, 6\)"):
         output_attack(lg.model, lg.guide, x, target.expand(3, 6), **kw)
     with pytest.raises(ValueError, match=r"either lam= .* or eps="):
         latent_attack(lg.model, lg.guide, x, target, lam=1.0, eps=1.0, **kw)

@@ -6,6 +6,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
+from pyrobust.models.sites import Pair
 from pyrobust.robustness.empirical import empirical_margin, likelihood_degradation
 from tests.linear_gaussian import LinearGaussianVAE
 
@@ -127,7 +128,11 @@ def test_margin_bound_lies_below_empirical_margin_on_conv_vae():
     vae, test = trained_digits_vae()
     x = test[:64]
     with torch.no_grad():
-        degree = sample_distances(vae.model, vae.guide, x, num_samples=500).median(0).values
+        degree = (
+            sample_distances(Pair.build(vae.model, vae.guide, x), x, num_samples=500)
+            .median(0)
+            .values
+        )
     r = float(1.5 * degree.median())
     bound = margin_bound(vae.model, vae.guide, x, r=r, num_samples=2000, confidence=0.95, seed=0)
     bound = bound["robustness"]["bound"].values.ravel()

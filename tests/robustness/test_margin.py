@@ -10,6 +10,7 @@ from scipy import stats
 from torch import nn
 
 from pyrobust._results import decode_attrs
+from pyrobust.models.sites import Pair
 from pyrobust.robustness import margin_bound, r_robustness
 from pyrobust.robustness._jacobian import encoder_jacobian
 from tests.linear_gaussian import LinearGaussianVAE
@@ -158,7 +159,7 @@ class ConvVAE:
 def test_batched_jacobian_matches_autograd_for_conv_encoder():
     vae = ConvVAE()
     x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    loc, scale, jac = encoder_jacobian(vae.guide, x)
+    loc, scale, jac = encoder_jacobian(Pair.build(vae.model, vae.guide, x), x)
     assert jac.shape == (5, 3, 1, 8, 8)
     expected = torch.stack(
         [torch.autograd.functional.jacobian(lambda xi: vae.encoder(xi[None])[0][0], xi) for xi in x]
@@ -166,7 +167,9 @@ def test_batched_jacobian_matches_autograd_for_conv_encoder():
     torch.testing.assert_close(jac, expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(loc, vae.encoder(x)[0].detach())
     # chunking over inputs gives the same Jacobian
-    torch.testing.assert_close(encoder_jacobian(vae.guide, x, max_batch=3)[2], jac)
+    torch.testing.assert_close(
+        encoder_jacobian(Pair.build(vae.model, vae.guide, x), x, max_batch=3)[2], jac
+    )
     # x untouched, no graph left behind
     assert not x.requires_grad and not jac.requires_grad
 
@@ -203,8 +206,13 @@ def test_jacobian_falls_back_when_backward_cannot_be_vmapped():
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", dist.Normal(_NumpyTanh.apply(x @ w.T), 1.0).to_event(1))
 
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 3), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True), 1.0).to_event(1), obs=x[:, :1])
+
     x = torch.randn(4, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    _, _, jac = encoder_jacobian(guide, x)
+    _, _, jac = encoder_jacobian(Pair.build(model, guide, x), x)
     expected = torch.stack(
         [torch.autograd.functional.jacobian(lambda v: torch.tanh(v @ w.T), xi) for xi in x]
     )
@@ -232,7 +240,10 @@ def test_same_seed_same_answer(lg):
     x = _inputs(lg)
     a = margin_bound(lg.model, lg.guide, x, r=0.6, num_samples=100, seed=9)
     b = margin_bound(lg.model, lg.guide, x, r=0.6, num_samples=100, seed=9)
-    xr.testing.assert_identical(a["robustness"].to_dataset(), b["robustness"].to_dataset())
+    left, right = (a["robustness"].to_dataset(), b["robustness"].to_dataset())
+    for ds in (left, right):
+        ds.attrs.pop("created_at", None)  # a timestamp, not an answer
+    xr.testing.assert_identical(left, right)
 
 
 def test_encoder_mean_without_gradient_is_rejected():
@@ -241,8 +252,13 @@ def test_encoder_mean_without_gradient_is_rejected():
             loc = (2.0 * x).detach()
             pyro.sample("z", dist.Normal(loc, 1.0).to_event(1))
 
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
     with pytest.raises(ValueError, match="does not depend differentiably on x"):
-        margin_bound(guide, guide, torch.zeros(2, 3), r=1.0)
+        margin_bound(model, guide, torch.zeros(2, 3), r=1.0)
 
 
 @pytest.mark.parametrize(
