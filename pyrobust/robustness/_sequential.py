@@ -71,6 +71,9 @@ Stable private API:
   first_round, growth, device) -> SequentialResult`` (one-sided; the stopping rule of the margin
   bound's :math:`p_A`)
 * :func:`look_schedule` ``(first_round, growth, max_samples) -> tuple[int, ...]``
+* :func:`check_auto` ``(num_samples, *, error, confidence, max_samples, tolerance, precision)
+  -> settings | None`` and :func:`auto_attrs` ``(result, settings) -> attrs`` (the public switch
+  ``num_samples="auto"``)
 * :func:`indicator_draw` ``(pair, x, delta, r, *, reference, generator, max_batch) -> draw``
   (the draws of r-robustness cells for :func:`sequential_decide`)
 * :data:`ABOUT_HALF` (decision code 2) and :func:`sequential_labels` ``(codes)``
@@ -105,6 +108,8 @@ __all__ = [
     "ABOUT_HALF",
     "METHOD",
     "SequentialResult",
+    "auto_attrs",
+    "check_auto",
     "indicator_draw",
     "look_schedule",
     "sequential_decide",
@@ -598,3 +603,94 @@ def indicator_draw(
         return counts
 
     return draw
+
+
+# --------------------------------------------------------------------------------------------
+# the public switch num_samples="auto"
+# --------------------------------------------------------------------------------------------
+def check_auto(
+    num_samples,
+    *,
+    error=None,
+    confidence: float = 0.95,
+    max_samples=100_000,
+    tolerance=None,
+    precision=None,
+    first_round: int = 16,
+    growth: float = 2.0,
+) -> dict | None:
+    """Validate the sequential settings of a query; ``None`` for a fixed design.
+
+    ``num_samples="auto"`` switches to the sequential design. ``error`` defaults to
+    ``1 - confidence``; given together they must agree. ``error``, ``tolerance`` and
+    ``precision`` are refused with an integer ``num_samples`` (they would be silently ignored).
+    Returns the settings (``error``, ``max_samples``, ``tolerance``, ``precision``,
+    ``first_round``, ``growth``) for ``"auto"``.
+    """
+    if isinstance(num_samples, str):
+        if num_samples != "auto":
+            raise ValueError(
+                f"`num_samples` must be a positive int (a fixed design) or 'auto' (sequential "
+                f"decisions, docs/SEQUENTIAL.md); got {num_samples!r}."
+            )
+        alpha = 1.0 - float(confidence)
+        if error is None:
+            error = alpha
+        error = _check_level(error, "error")
+        if abs(error - alpha) > 1e-12 and abs(float(confidence) - 0.95) > 1e-12:
+            raise ValueError(
+                f"`error` ({error}) and `confidence` ({confidence}) disagree: with "
+                f"num_samples='auto' the error level is 1 - confidence. Pass one of them."
+            )
+        max_samples = _check_int(max_samples, "max_samples")
+        look_schedule(min(first_round, max_samples), growth, max_samples)  # validates growth
+        if tolerance is not None:
+            if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real):
+                raise TypeError(
+                    f"`tolerance` must be None or a number in (0, 1/2); got {tolerance!r}."
+                )
+            if not 0.0 < float(tolerance) < 0.5:
+                raise ValueError(
+                    f"`tolerance` must lie in (0, 1/2) (the half-width of the indifference zone "
+                    f"around 1/2), e.g. 0.01; got {tolerance}."
+                )
+            tolerance = float(tolerance)
+        if precision is not None:
+            if isinstance(precision, bool) or not isinstance(precision, numbers.Real):
+                raise TypeError(f"`precision` must be a number in (0, 1); got {precision!r}.")
+            if not 0.0 < float(precision) < 1.0:
+                raise ValueError(f"`precision` must lie in (0, 1), e.g. 0.01; got {precision}.")
+            precision = float(precision)
+        return {
+            "error": error,
+            "max_samples": max_samples,
+            "tolerance": tolerance,
+            "precision": precision,
+            "first_round": min(first_round, max_samples),
+            "growth": float(growth),
+        }
+    for name, value in (("error", error), ("tolerance", tolerance), ("precision", precision)):
+        if value is not None:
+            raise ValueError(
+                f"`{name}` applies to sequential decisions only; pass num_samples='auto' with "
+                f"it, or drop it for a fixed design of num_samples={num_samples!r} draws."
+            )
+    return None
+
+
+def auto_attrs(res: SequentialResult, settings: dict) -> dict:
+    """What a sequential run did, for a result's attrs (netCDF-safe values)."""
+    return {
+        "num_samples": "auto",
+        "sequential_method": METHOD,
+        "error": settings["error"],
+        "max_samples": settings["max_samples"],
+        "first_round": settings["first_round"],
+        "growth": settings["growth"],
+        "tolerance": settings["tolerance"],
+        "looks": list(res.looks),
+        "alpha_per_look": res.alpha_per_look,
+        "rounds": res.rounds,
+        "total_draws": res.total_draws,
+        "draws": "summarised by their counts: num_inside of num_draws per cell",
+    }
