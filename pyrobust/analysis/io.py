@@ -608,37 +608,125 @@ def _check_json_attrs(tree: xr.DataTree, path: Path) -> None:
                 )
 
 
+#: Settings that may differ between the results :func:`combine` joins: who made them and when,
+#: which model (the identity is what the combined dim tells apart) and the seed.
+_COMBINE_MAY_DIFFER = frozenset(
+    {
+        "created_at",
+        "inference_library",
+        "inference_library_version",
+        "creation_library",
+        "creation_library_version",
+        "creation_library_language",
+        "arviz_version",
+        "pyrobust_version",
+        "pyrobust_kind",
+        "model_hash",
+        "model_name",
+        "run_dir",
+        "objective",
+        "coefficients",
+        "seed",
+        "cli_settings",
+    }
+)
+
+
+def _query_kind(tree: xr.DataTree) -> str:
+    query = tree.attrs.get("query")
+    return query if isinstance(query, str) and query else result_kind(tree)
+
+
+def _coord_from(attrs: dict[str, Any], dim: str) -> Any:
+    if dim in attrs:
+        return attrs[dim]
+    coefs = attrs.get("coefficients")
+    if isinstance(coefs, dict) and dim in coefs:
+        return coefs[dim]
+    return None
+
+
+def _default_coords(all_attrs: list[dict[str, Any]], dim: str) -> list[Any] | None:
+    values = [_coord_from(a, dim) for a in all_attrs]
+    if all(_is_scalar(v) for v in values):
+        return values
+    if dim == "model":
+        for key in ("run_dir", "model_name", "model_hash"):
+            labels = [a.get(key) for a in all_attrs]
+            if all(isinstance(v, str) for v in labels) and len(set(labels)) == len(labels):
+                return labels
+    return None
+
+
 def combine(
     trees: Sequence[xr.DataTree],
     dim: str = "model",
     coords: Sequence[Any] | np.ndarray | None = None,
     *,
     join: str = "exact",
+    allow_differing: Sequence[str] = (),
 ) -> xr.DataTree:
-    """Concatenate the results of several models along a new dimension.
+    """Concatenate results of the same query on several models along a new dimension.
 
-    Every group present in all trees is concatenated with :func:`xarray.concat` along ``dim``;
-    each variable gains that dim (so ``arviz_stats.summary`` reports per model). Attributes that
-    agree across trees are kept; attributes that differ are dropped from the groups, and the
-    root records the per-tree settings as the JSON attr ``combined_settings``.
+    The trees are joined by :func:`xarray.concat` of DataTrees along ``dim``: every variable of
+    every group gains that dim, so ``arviz_stats.summary`` reports per model and
+    ``arviz_plots`` draws one line per model. Because a silent wrong comparison is worse than
+    an error, the trees are checked first:
+
+    * the same **kind of query** (root attr ``query``, else :func:`result_kind`): a robustness
+      result and a margin result are refused by name;
+    * the same **settings** (root attrs) except the combined dim itself, the model identity
+      (``model_hash``, ``model_name``, ``run_dir``, ``objective``, ``coefficients``), the seed
+      and ArviZ's bookkeeping; pass ``allow_differing`` to accept others;
+    * the same groups, and the same coordinates on every other dim (``join="exact"``);
+    * **real coordinate values**: one distinct value per tree, given as ``coords`` or read from
+      each tree's attrs (``dim`` itself, e.g. ``beta``, or ``coefficients[dim]``; for
+      ``dim="model"`` the run directories, model names or weight hashes); never ``0, 1, ...``;
+    * distinct models: two trees with the same ``model_hash`` are refused (the same weights
+      labelled as two models).
+
+    Attributes that agree across trees are kept; the root records the per-tree settings as the
+    JSON attr ``combined_settings`` and the dim as ``combined_dim``; the root and every group
+    get fresh ArviZ standard attrs.
 
     Parameters
     ----------
     trees : sequence of xarray.DataTree
-        Results of the same kind (same groups and variables).
+        Results of the same query (same groups and variables), e.g. one per beta.
     dim : str, default "model"
         Name of the new dimension, typically ``"model"`` or ``"beta"``.
     coords : sequence, optional
-        Coordinate values along ``dim`` (one per tree). Default: the root attribute named
-        ``dim`` of each tree when every tree has it (e.g. ``beta``), else ``0, 1, ...``.
+        Coordinate values along ``dim`` (one distinct value per tree). Default: read from the
+        attrs as above; an error when they are not there.
     join : {"exact", "outer", "inner"}, default "exact"
-        How to align other dims (e.g. ``obs_id``) that differ between trees; ``"exact"``
-        raises if they differ, ``"outer"`` pads with NaN.
+        How to align other dims (e.g. ``obs_id``); ``"exact"`` raises if they differ.
+    allow_differing : sequence of str, default ()
+        Further settings allowed to differ between trees (their per-tree values stay in
+        ``combined_settings``).
 
     Returns
     -------
     xarray.DataTree
+
+    Raises
+    ------
+    ValueError
+        On mixed kinds, differing settings, missing or repeated coordinates, repeated models,
+        or groups not in every tree.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pyrobust._results import make_tree
+    >>> def run(beta):
+    ...     return make_tree(summary={"robustness": {"bound": (("obs_id",), np.full(3, beta))}},
+    ...                      attrs={"query": "margin_bound", "r": 0.5, "beta": beta})
+    >>> out = combine([run(1.0), run(4.0)], dim="beta")
+    >>> out["robustness"]["bound"].sel(beta=4.0).values.tolist()
+    [4.0, 4.0, 4.0]
     """
+    from pyrobust._results import standard_attrs
+
     if isinstance(trees, xr.DataTree) or not isinstance(trees, Sequence) or len(trees) == 0:
         raise TypeError(
             f"trees must be a non-empty list of xarray.DataTree; got {type(trees).__name__}."
@@ -647,15 +735,66 @@ def combine(
         _check_tree(t, f"trees[{i}]")
     if not isinstance(dim, str) or not dim:
         raise TypeError(f"dim must be a non-empty str such as 'model' or 'beta'; got {dim!r}.")
+    if isinstance(allow_differing, str):
+        allow_differing = [allow_differing]
+    for t in trees:
+        for node in t.subtree:
+            if dim in node.dims:
+                raise ValueError(
+                    f"cannot combine along {dim!r}: group {node.name!r} already has that dim; "
+                    f"pick another dim name."
+                )
+    kinds = [_query_kind(t) for t in trees]
+    if len(set(kinds)) > 1:
+        raise ValueError(
+            f"cannot combine results of different kinds: {kinds}. Combine results of one query "
+            f"(e.g. all r_robustness, or all margin_bound) and put the others beside them."
+        )
+    all_attrs = [decode_attrs(t.attrs) for t in trees]
+    may_differ = _COMBINE_MAY_DIFFER | {dim} | set(allow_differing)
+    keys = sorted(set().union(*all_attrs) - may_differ)
+    differing = {
+        k: [a.get(k, "<missing>") for a in all_attrs]
+        for k in keys
+        if any(a.get(k, "<missing>") != all_attrs[0].get(k, "<missing>") for a in all_attrs)
+    }
+    if differing:
+        text = "; ".join(f"{k}: {v}" for k, v in differing.items())
+        raise ValueError(
+            f"cannot combine along {dim!r}: settings other than {dim!r} differ ({text}). "
+            f"Rerun the queries with the same settings, or pass "
+            f"allow_differing={sorted(differing)} if the difference is intended."
+        )
     if coords is None:
-        values = [decode_attrs(t.attrs).get(dim) for t in trees]
-        coords = values if all(_is_scalar(v) for v in values) else np.arange(len(trees))
+        coords = _default_coords(all_attrs, dim)
+        if coords is None:
+            raise ValueError(
+                f"cannot combine along {dim!r}: the trees do not record {dim!r} in their attrs "
+                f"(nor in 'coefficients'); pass coords=[...] with one value per tree, e.g. "
+                f"combine(trees, dim={dim!r}, coords=[1, 2, 4, 8])."
+            )
     coords = np.asarray(coords)
     if coords.shape != (len(trees),):
         raise ValueError(
             f"coords must have one value per tree: expected shape ({len(trees)},), "
             f"got {coords.shape}."
         )
+    if len(np.unique(coords)) != len(coords):
+        raise ValueError(
+            f"coords along {dim!r} must be distinct (one per model); got {coords.tolist()}."
+        )
+    hashes = [a.get("model_hash") for a in all_attrs]
+    seen: dict[str, int] = {}
+    for i, h in enumerate(hashes):
+        if isinstance(h, str) and h in seen and dim not in ("seed", "run", "replicate"):
+            raise ValueError(
+                f"cannot combine along {dim!r}: trees[{seen[h]}] and trees[{i}] come from the "
+                f"same model (model_hash {h[:12]}...), labelled {coords[seen[h]]!r} and "
+                f"{coords[i]!r}. Combine results of different models, or combine along "
+                f"dim='seed' for repeated queries of one model."
+            )
+        if isinstance(h, str):
+            seen.setdefault(h, i)
     groups = [set(t.children) for t in trees]
     common = set.intersection(*groups)
     missing = set.union(*groups) - common
@@ -666,17 +805,14 @@ def combine(
             f"{[sorted(g) for g in groups]})."
         )
     index = xr.DataArray(coords, dims=(dim,), name=dim)
-    out = xr.DataTree()
-    for group in sorted(common, key=list(trees[0].children).index):
-        datasets = [t[group].to_dataset() for t in trees]
-        for ds in datasets:
-            if dim in ds.dims:
-                raise ValueError(
-                    f"cannot combine along {dim!r}: group {group!r} already has that dim; "
-                    f"pick another dim name."
-                )
-        ds = xr.concat(
-            datasets,
+    parts = []
+    for t in trees:
+        part = t.copy(deep=False)
+        part.attrs = {}
+        parts.append(part)
+    try:
+        out = xr.concat(
+            parts,
             dim=index,
             data_vars="all",
             coords="minimal",
@@ -684,21 +820,55 @@ def combine(
             join=join,
             combine_attrs="drop_conflicts",
         )
-        out[group] = xr.DataTree(ds)
+    except ValueError as err:
+        raise ValueError(
+            f"cannot combine along {dim!r}: the trees do not line up ({err}). With "
+            f"join='exact' every other dim (obs_id, radius, eps, ...) must have the same "
+            f"coordinates in every tree."
+        ) from err
+    # Root: coordinate of the new dim on every group, not inherited from the root.
+    out = xr.DataTree.from_dict(
+        {
+            "/": xr.Dataset(),
+            **{
+                f"/{g}": out[g].to_dataset().assign_coords({dim: index.values})
+                for g in trees[0].children
+            },
+        }
+    )
+    std = standard_attrs(trees[0].attrs.get("inference_library"))
+    for group in out.children:
+        kept = {
+            k: v
+            for k, v in out[group].attrs.items()
+            if all(_group_attr(t, group, k) == v for t in trees)
+        }
+        out[group].attrs = {**std, **kept, **std}
     root = xr.merge(
         [xr.Dataset(attrs=dict(t.attrs)) for t in trees], combine_attrs="drop_conflicts"
     ).attrs
     root.pop(VERSION_ATTR, None)
-    out.attrs.update(root)
-    out.attrs.update(
-        encode_attrs(
+    out.attrs = {
+        **std,
+        **{k: v for k, v in root.items() if k not in std},
+        **encode_attrs(
             {
                 "combined_dim": dim,
+                "combined_kind": kinds[0],
                 "combined_settings": [settings(t) for t in trees],
             }
-        )
-    )
+        ),
+        **std,
+    }
     return out
+
+
+def _group_attr(tree: xr.DataTree, group: str, key: str) -> Any:
+    """``tree[group].attrs[key]`` or a sentinel when absent (for :func:`combine`)."""
+    return tree[group].attrs.get(key, _ABSENT)
+
+
+_ABSENT = object()
 
 
 def _is_scalar(value: Any) -> bool:

@@ -33,6 +33,7 @@ def robustness_tree(seed=0, n=6, draws=50, beta=1.0):
             }
         },
         attrs={
+            "query": "r_robustness",
             "r": 1.0,
             "beta": beta,
             "num_samples": draws,
@@ -60,7 +61,7 @@ def margin_tree(seed=0, n=6, beta=1.0):
             }
         },
         coords={"obs_id": np.arange(n)},
-        attrs={"r": 1.0, "beta": beta, "norm": "frobenius"},
+        attrs={"query": "margin_bound", "r": 1.0, "beta": beta, "norm": "frobenius"},
     )
 
 

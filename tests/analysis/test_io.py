@@ -122,7 +122,7 @@ def test_combine_along_beta_reads_coords_from_attrs():
 
 
 def test_combine_errors():
-    with pytest.raises(ValueError, match="not in every tree"):
+    with pytest.raises(ValueError, match=r"different kinds: \['r_robustness', 'margin_bound'\]"):
         combine([robustness_tree(), margin_tree()])
     with pytest.raises(ValueError, match="one value per tree"):
         combine([margin_tree(), margin_tree()], coords=[1, 2, 3])
