@@ -34,7 +34,9 @@ def test_extra_latent_site_is_drawn_from_the_guide_as_predictive_does():
     np.testing.assert_allclose(p, 0.954, atol=0.015)
     # Independent computation: Predictive draws every guide site and replays it into the model;
     # the reconstruction g = s * z is the mean of the observed site.
-    pred = Predictive(_scale_model, guide=_scale_guide, num_samples=4000, return_sites=["s", "z"])
+    pred = Predictive(
+        _scale_model, guide=_scale_guide, num_samples=4000, return_sites=["s", "z"], parallel=True
+    )
     draws = pred(x)
     # reference="mean": the guide's centre, z = loc = 1, s = mean of LogNormal(0, 0.01)
     s_mean = float(np.exp(0.01**2 / 2))
