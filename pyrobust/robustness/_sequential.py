@@ -91,7 +91,6 @@ References
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 import numbers
@@ -107,11 +106,13 @@ from pyrobust.robustness._stats import DECISIONS, NOT_ROBUST, ROBUST, UNDECIDED
 __all__ = [
     "ABOUT_HALF",
     "METHOD",
+    "SEQUENTIAL_DECISIONS",
     "SequentialResult",
     "auto_attrs",
     "check_auto",
     "indicator_draw",
     "look_schedule",
+    "pert_shape",
     "sequential_decide",
     "sequential_labels",
     "sequential_lower_bound",
@@ -521,19 +522,9 @@ def sequential_labels(codes) -> np.ndarray:
 _CHUNK_ELEMENTS = 1 << 22
 
 
-def _pair_rows(pair, index: torch.Tensor):
-    """The pair restricted to input rows ``index`` (a LongTensor, repeats allowed)."""
-    from pyrobust.models import sites
-
-    sub = copy.copy(pair)
-    n = pair.n
-    sub.n = int(index.numel())
-    sub._folded = {}
-    sub.args = tuple(sites._take(a, n, index) for a in pair.args)
-    sub.kwargs = {k: sites._take(v, n, index) for k, v in pair.kwargs.items()}
-    if getattr(pair, "obs_value", None) is not None:
-        sub.obs_value = pair.obs_value[index.to(pair.obs_value.device)]
-    return sub
+def pert_shape(delta: torch.Tensor | None, x: torch.Tensor) -> tuple[int, ...]:
+    """The leading perturbation dims of ``delta`` (``(*perturbation_shape, n, *event)``)."""
+    return () if delta is None else tuple(delta.shape[: delta.dim() - x.dim()])
 
 
 def indicator_draw(
@@ -583,7 +574,7 @@ def indicator_draw(
         unit_of_cell = active // num_r
         units, pos = torch.unique(unit_of_cell, sorted=True, return_inverse=True)
         rows, pert = units // num_pert, units % num_pert
-        sub = _pair_rows(pair, rows)
+        sub = pair.subset(rows)
         x_rows = x[rows]
         d_rows = None if delta_flat is None else delta_flat[pert, rows]
         radius = r_dev[active % num_r].to(x.dtype)

@@ -6,6 +6,7 @@ follows the site protocol.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -24,12 +25,20 @@ from pyrobust.robustness._sampling import (
     resolve_seed,
     sample_distances,
 )
+from pyrobust.robustness._sequential import (
+    SEQUENTIAL_DECISIONS,
+    auto_attrs,
+    check_auto,
+    indicator_draw,
+    pert_shape,
+    sequential_decide,
+    sequential_labels,
+)
 from pyrobust.robustness._stats import (
     DECISIONS,
     clopper_pearson,
     count_inside,
     decide,
-    decision_labels,
 )
 from pyrobust.robustness._validation import (
     check_choice,
@@ -72,7 +81,7 @@ def r_robustness(
     *,
     r: float | Any,
     delta: torch.Tensor | None = None,
-    num_samples: int = 1000,
+    num_samples: int | str = 1000,
     reference: str = "mean",
     confidence: float = 0.95,
     latent_site: str = "z",
@@ -83,6 +92,9 @@ def r_robustness(
     family: str | None = None,
     model_args: tuple = (),
     model_kwargs: dict | None = None,
+    error: float | None = None,
+    max_samples: int = 100_000,
+    tolerance: float | None = None,
 ) -> xr.DataTree:
     r"""Probability that the reconstruction of :math:`x + \delta` stays within ``r`` [1]_.
 
@@ -124,9 +136,15 @@ def r_robustness(
     delta : torch.Tensor, optional
         A fixed perturbation shaped like ``x``, or a stack ``(m, *x.shape)`` (dim
         ``perturbation``). Default: no perturbation (:math:`\delta = 0`).
-    num_samples : int, default 1000
+    num_samples : int or "auto", default 1000
         Monte-Carlo draws of the encoder noise per input (shared across the perturbations and
-        radii of an input: common random numbers).
+        radii of an input: common random numbers). ``"auto"``: **sequential decisions**, as
+        few draws as each cell (input, perturbation, radius) needs: draws in rounds at
+        cumulative sizes 16, 32, 64, ... up to ``max_samples``, only for the cells still
+        undecided, and stops a cell when its Clopper–Pearson confidence sequence (level
+        :math:`1 - \text{error}/J` at each of the :math:`J` looks, so :math:`1 - \text{error}`
+        over all of them) lies above or below 1/2. The probability of a wrong decision is at
+        most ``error`` for every true :math:`p` (docs/SEQUENTIAL.md).
     reference : {"mean", "sample"}, default "mean"
         The centre of the ball, see above.
     confidence : float, default 0.95
@@ -150,6 +168,14 @@ def r_robustness(
         Extra arguments: model and guide are called as ``model(x, *model_args,
         **model_kwargs)``, as by ``pyro.infer.Predictive``. Tensors whose leading dim is
         ``len(x)`` follow their input when draws are folded into the data plate.
+    error : float, optional
+        With ``num_samples="auto"``: the probability of a wrong decision per cell (default
+        ``1 - confidence``, i.e. 0.05).
+    max_samples : int, default 100000
+        With ``num_samples="auto"``: draws after which a cell is left ``"undecided"``.
+    tolerance : float, optional
+        With ``num_samples="auto"``: an indifference zone; a cell whose interval lies inside
+        :math:`1/2 \pm` ``tolerance`` stops with the decision ``"about 1/2"``.
 
     Notes
     -----
@@ -170,6 +196,11 @@ def r_robustness(
           ``decision`` (strings ``"robust"``, ``"not robust"``, ``"undecided"``), each
           ``(obs_id[, perturbation | eps][, radius])``; ``degree``
           ``(obs_id[, perturbation | eps])``.
+        * with ``num_samples="auto"`` the draws are summarised by their counts: no
+          ``posterior_predictive`` group and no ``degree``; ``robustness`` adds ``num_draws``
+          (draws used per cell), ``decision`` may be ``"about 1/2"`` (with ``tolerance``), and
+          the attrs record ``sequential_method``, ``error``, ``looks``, ``rounds`` and
+          ``total_draws``.
 
         Event dims are named ``feature`` (1-D inputs), ``row, col`` or ``channel, row, col``.
         Every setting is in the attrs.
@@ -211,12 +242,20 @@ def r_robustness(
     ('obs_id', 'radius')
     >>> str(tree["robustness"]["decision"].sel(radius=0.3)[0].values)
     'robust'
+
+    As few draws as each answer needs (sequential, error 0.05 per cell):
+
+    >>> tree = r_robustness(model, guide, x, r=[0.1, 0.3], num_samples="auto", seed=0)
+    >>> rob = tree["robustness"]
+    >>> rob["decision"].values[0].tolist(), rob["num_draws"].values[0].tolist()
+    (['not robust', 'robust'], [512, 16])
     """
     x = check_inputs(x)
     r_t, r_scalar = check_radius(r, x)
     r_user = r.detach().cpu().to(torch.float64) if isinstance(r, torch.Tensor) else r
     r_user = np.atleast_1d(np.asarray(r_user, dtype=np.float64))  # coords/attrs as given
-    num_samples = check_positive_int(num_samples, "num_samples")
+    if not isinstance(num_samples, str):
+        num_samples = check_positive_int(num_samples, "num_samples")
     max_batch = check_positive_int(max_batch, "max_batch")
     reference = check_choice(reference, "reference", REFERENCES)
     confidence = check_confidence(confidence)
@@ -224,6 +263,13 @@ def r_robustness(
     obs_site = check_site_name(obs_site, "obs_site")
     seed_used = resolve_seed(check_seed(seed))
     generator = torch.Generator(device=x.device).manual_seed(seed_used)
+    auto = check_auto(
+        num_samples,
+        error=error,
+        confidence=confidence,
+        max_samples=max_samples,
+        tolerance=tolerance,
+    )  # None: a fixed design of num_samples draws
 
     eps_t = None
     if family is not None or eps is not None:
@@ -264,22 +310,48 @@ def r_robustness(
         obs_site=obs_site,
     )
     with torch.no_grad(), pair.session():
-        dist = sample_distances(
-            pair,
-            x,
-            delta_t,
-            num_samples=num_samples,
-            reference=reference,
-            generator=generator,
-            max_batch=max_batch,
-        )  # (S, n, *pert)
-        k, degree = count_inside(dist, r_t)  # (n, *pert, R), (n, *pert)
-        lower, upper = clopper_pearson(k, num_samples, confidence)
-        codes = decide(lower, upper)
+        if auto is None:
+            dist = sample_distances(
+                pair,
+                x,
+                delta_t,
+                num_samples=num_samples,
+                reference=reference,
+                generator=generator,
+                max_batch=max_batch,
+            )  # (S, n, *pert)
+            k, degree = count_inside(dist, r_t)  # (n, *pert, R), (n, *pert)
+            lower, upper = clopper_pearson(k, num_samples, confidence)
+            codes = decide(lower, upper)
+            n_draws = torch.full_like(k, num_samples)
+        else:  # sequential: rounds for the undecided cells only (docs/SEQUENTIAL.md)
+            cells = (x.shape[0], *pert_shape(delta_t, x), r_t.numel())
+            seq = sequential_decide(
+                indicator_draw(
+                    pair,
+                    x,
+                    delta_t,
+                    r_t,
+                    reference=reference,
+                    generator=generator,
+                    max_batch=max_batch,
+                ),
+                math.prod(cells),
+                error=auto["error"],
+                max_samples=auto["max_samples"],
+                first_round=auto["first_round"],
+                growth=auto["growth"],
+                tolerance=auto["tolerance"],
+                device=x.device,
+            )
+            k, n_draws, lower, upper, codes = (
+                t.reshape(cells) for t in (seq.k, seq.n, seq.lower, seq.upper, seq.decision_codes)
+            )
 
     radius_dims: tuple[str, ...] = () if r_scalar else ("radius",)
     if r_scalar:
         k, lower, upper, codes = k[..., 0], lower[..., 0], upper[..., 0], codes[..., 0]
+        n_draws = n_draws[..., 0]
     prob_dims = ("obs_id", *pert_dims, *radius_dims)
     ev_dims = event_dims(x.dim() - 1)
     if delta_t is None:
@@ -309,11 +381,31 @@ def r_robustness(
         "distance": "l2 norm over the observed site's event dims",
         "decision_rule": "robust if ci_lower > 1/2; not robust if ci_upper < 1/2; else undecided",
     }
+    groups: dict[str, dict[str, Any]] = {
+        "constant_data": {"x": x, "delta": delta_out, "r": r_user[0] if r_scalar else r_user}
+    }
+    summary: dict[str, Any] = {
+        "probability": (prob_dims, k.to(torch.float64) / n_draws),
+        "ci_lower": (prob_dims, lower),
+        "ci_upper": (prob_dims, upper),
+        "num_inside": (prob_dims, k),
+        "decision": (prob_dims, sequential_labels(codes)),
+    }
+    if auto is None:
+        groups = {"posterior_predictive": {"distance": dist.unsqueeze(0)}, **groups}
+        summary["degree"] = (("obs_id", *pert_dims), degree)
+    else:  # the draws summarised by their counts; what was done goes to the attrs
+        summary["num_draws"] = (prob_dims, n_draws)
+        attrs.update(auto_attrs(seq, auto))
+        attrs["confidence"] = 1.0 - auto["error"]
+        attrs["decision_rule"] = (
+            "sequential: stop at the first look where ci_lower > 1/2 (robust), ci_upper < 1/2 "
+            "(not robust)"
+            + ("" if auto["tolerance"] is None else ", or both inside 1/2 +- tolerance (about 1/2)")
+            + "; undecided when max_samples draws are spent; P(wrong decision) <= error per cell"
+        )
     tree = make_tree(
-        {
-            "posterior_predictive": {"distance": dist.unsqueeze(0)},
-            "constant_data": {"x": x, "delta": delta_out, "r": r_user[0] if r_scalar else r_user},
-        },
+        groups,
         dims={
             "distance": ["obs_id", *pert_dims],
             "x": ["obs_id", *ev_dims],
@@ -321,31 +413,27 @@ def r_robustness(
             "r": list(radius_dims),
         },
         coords=coords,
-        summary={
-            "robustness": {
-                "probability": (prob_dims, k.to(torch.float64) / num_samples),
-                "ci_lower": (prob_dims, lower),
-                "ci_upper": (prob_dims, upper),
-                "num_inside": (prob_dims, k),
-                "decision": (prob_dims, decision_labels(codes)),
-                "degree": (("obs_id", *pert_dims), degree),
-            }
-        },
+        summary={"robustness": summary},
         attrs=attrs,
     )
-    _describe(tree, confidence)
+    _describe(tree, confidence, auto)
     return tree
 
 
-def _describe(tree: xr.DataTree, confidence: float) -> None:
+def _describe(tree: xr.DataTree, confidence: float, auto: dict | None = None) -> None:
     """Per-variable descriptions (CF ``long_name``) in the robustness group."""
     rob = tree["robustness"]
     rob["probability"].attrs["long_name"] = "Monte-Carlo estimate of p(||Delta|| <= r)"
-    rob["ci_lower"].attrs["long_name"] = f"exact Clopper-Pearson {confidence:g} lower limit"
-    rob["ci_upper"].attrs["long_name"] = f"exact Clopper-Pearson {confidence:g} upper limit"
+    level = f"{confidence:g}" if auto is None else "1 - error/J (per look; 1 - error jointly)"
+    rob["ci_lower"].attrs["long_name"] = f"exact Clopper-Pearson {level} lower limit"
+    rob["ci_upper"].attrs["long_name"] = f"exact Clopper-Pearson {level} upper limit"
     rob["num_inside"].attrs["long_name"] = "number of draws with ||Delta|| <= r"
+    labels = DECISIONS if auto is None else SEQUENTIAL_DECISIONS
     rob["decision"].attrs["long_name"] = "r-robustness decision: " + ", ".join(
-        repr(v) for v in DECISIONS.values()
+        repr(v) for v in labels.values()
     )
+    if auto is not None:
+        rob["num_draws"].attrs["long_name"] = "draws used (sequential design)"
+        return
     rob["degree"].attrs["long_name"] = "degree of robustness: median of ||Delta||"
     tree["posterior_predictive"]["distance"].attrs["long_name"] = "||Delta(x, delta)||_2"

@@ -6,10 +6,14 @@ the looks; and simulation, each error rate reported with its own Clopper-Pearson
 """
 
 import numpy as np
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from scipy import stats
 
+from pyrobust._results import decode_attrs
+from pyrobust.robustness import r_robustness
 from pyrobust.robustness._sequential import (
     ABOUT_HALF,
     look_schedule,
@@ -24,6 +28,7 @@ from pyrobust.robustness._stats import (
     clopper_pearson,
     clopper_pearson_lower,
 )
+from tests.linear_gaussian import LinearGaussianVAE
 
 P_GRID = [0.45, 0.49, 0.5, 0.51, 0.55, 0.9]
 
@@ -322,3 +327,117 @@ def test_bad_draws_are_refused_with_the_expected_shape():
         sequential_decide(lambda idx, m: [0] * len(idx), 2)
     with pytest.raises(ValueError, match="precision"):
         sequential_lower_bound(bernoulli_draw([0.5]), 1, precision=0.0)
+
+
+# --- r_robustness(num_samples="auto") ------------------------------------------------------
+
+
+def _radii_for(vae, probabilities):
+    """Radii at which p_r(x, 0) equals each probability exactly (reference "mean")."""
+    return vae.s * np.sqrt(stats.chi2.ppf(np.asarray(probabilities), vae.d_z))
+
+
+def _vae_error_rates(reps, max_samples, seed):
+    vae = LinearGaussianVAE(d_x=4, d_z=2, s=0.5)
+    x = torch.zeros(reps, vae.d_x, dtype=torch.float64)
+    r = _radii_for(vae, P_GRID)
+    np.testing.assert_allclose(vae.p_robust(r, torch.zeros(vae.d_x)), P_GRID, rtol=1e-10)
+    tree = r_robustness(
+        vae.model, vae.guide, x, r=r, num_samples="auto", max_samples=max_samples, seed=seed
+    )
+    rob = tree["robustness"]
+    codes = torch.zeros(rob["decision"].shape, dtype=torch.int8)
+    codes[torch.as_tensor(rob["decision"].values == "robust")] = ROBUST
+    codes[torch.as_tensor(rob["decision"].values == "not robust")] = NOT_ROBUST
+    bad = wrong(codes, torch.tensor(P_GRID, dtype=torch.float64).expand(reps, -1))
+    k_bad = bad.sum(0)
+    return k_bad, clopper_pearson(k_bad, reps, 0.95), rob, tree
+
+
+def test_auto_on_the_linear_gaussian_vae_is_valid_and_cheap_far_from_one_half():
+    reps = 300
+    k_bad, _, rob, tree = _vae_error_rates(reps, max_samples=4096, seed=0)
+    lower99 = clopper_pearson_lower(k_bad, reps, 0.99)
+    assert bool((lower99 <= 0.05).all()), k_bad.tolist()
+    draws = rob["num_draws"].values
+    assert draws[:, P_GRID.index(0.9)].mean() < 100
+    assert bool((rob["num_inside"].values <= draws).all())
+    np.testing.assert_allclose(rob["probability"].values, rob["num_inside"].values / draws)
+    # the layout: counts, no draws, no degree; what was done in the attrs
+    assert "posterior_predictive" not in tree.children and "degree" not in rob
+    attrs = decode_attrs(dict(tree.attrs))
+    assert attrs["num_samples"] == "auto" and attrs["error"] == pytest.approx(0.05)
+    assert attrs["total_draws"] == int(draws.sum()) and attrs["looks"][-1] == 4096
+    assert "confidence sequence" in attrs["sequential_method"]
+
+
+def test_auto_matches_the_fixed_design_sampler_and_is_reproducible():
+    vae = LinearGaussianVAE()
+    x = torch.randn(5, vae.d_x, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    delta = 0.05 * torch.randn(3, 5, vae.d_x, dtype=torch.float64)
+    r = [0.3, 0.5, 0.8]
+    kw = {"r": r, "delta": delta, "num_samples": "auto", "max_samples": 20_000, "seed": 3}
+    a = r_robustness(vae.model, vae.guide, x, **kw)["robustness"]
+    b = r_robustness(vae.model, vae.guide, x, **kw)["robustness"]
+    for name in ["num_inside", "num_draws", "ci_lower", "decision"]:
+        np.testing.assert_array_equal(a[name].values, b[name].values)
+    assert a["decision"].dims == ("obs_id", "perturbation", "radius")
+    exact = np.stack([[vae.p_robust(r, delta[j, i]) for j in range(3)] for i in range(5)])
+    decided = a["decision"].values != "undecided"
+    assert decided.mean() > 0.9
+    # every decided cell is on the right side of 1/2 (45 cells; a wrong one has p <= 0.05)
+    assert np.all((exact > 0.5)[decided] == (a["decision"].values == "robust")[decided])
+    # the intervals cover the exact probabilities
+    assert np.all((a["ci_lower"].values <= exact) & (exact <= a["ci_upper"].values))
+
+
+def test_auto_with_per_input_model_kwargs_follows_each_input():
+    # The guide's scale is a per-input keyword tensor: p_r(x, 0) = chi2_2.cdf(r^2 / scale^2).
+    def guide(x, scale):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x, scale).to_event(1))
+
+    def model(x, scale):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 0.1).to_event(1), obs=x)
+
+    scale = torch.tensor([[0.2], [1.0], [0.3], [2.0]])
+    x = torch.zeros(4, 2)
+    tree = r_robustness(
+        model, guide, x, r=0.5, num_samples="auto", model_kwargs={"scale": scale}, seed=0
+    )
+    p = stats.chi2.cdf(0.25 / scale.squeeze(1).numpy() ** 2, 2)  # 0.96, 0.12, 0.75, 0.03
+    expected = np.where(p > 0.5, "robust", "not robust")
+    np.testing.assert_array_equal(tree["robustness"]["decision"].values, expected)
+
+
+def test_auto_indifference_zone_and_refusals():
+    vae = LinearGaussianVAE(d_x=4, d_z=2, s=0.5)
+    x = torch.zeros(3, vae.d_x, dtype=torch.float64)
+    r = float(_radii_for(vae, [0.5])[0])
+    tree = r_robustness(vae.model, vae.guide, x, r=r, num_samples="auto", tolerance=0.05, seed=0)
+    assert set(tree["robustness"]["decision"].values.tolist()) == {"about 1/2"}
+    with pytest.raises(ValueError, match="num_samples='auto'"):
+        r_robustness(vae.model, vae.guide, x, r=r, num_samples=100, error=0.01)
+    with pytest.raises(ValueError, match="'auto'"):
+        r_robustness(vae.model, vae.guide, x, r=r, num_samples="adaptive")
+    with pytest.raises(ValueError, match="disagree"):
+        r_robustness(vae.model, vae.guide, x, r=r, num_samples="auto", error=0.1, confidence=0.99)
+    with pytest.raises(ValueError, match="max_samples"):
+        r_robustness(vae.model, vae.guide, x, r=r, num_samples="auto", max_samples=0)
+
+
+@pytest.mark.slow
+def test_auto_on_the_linear_gaussian_vae_2000_repetitions():
+    reps = 2_000
+    k_bad, (lo, hi), rob, _ = _vae_error_rates(reps, max_samples=20_000, seed=1)
+    draws = rob["num_draws"].values.mean(0)
+    report = {
+        p: f"{kb}/{reps} wrong, 95% CP [{a:.4f}, {b:.4f}], mean draws {m:.0f}"
+        for p, kb, a, b, m in zip(
+            P_GRID, k_bad.tolist(), lo.tolist(), hi.tolist(), draws, strict=True
+        )
+    }
+    print(report)
+    assert bool((clopper_pearson_lower(k_bad, reps, 0.99) <= 0.05).all()), report
