@@ -53,6 +53,7 @@ class Client:
     modules: tuple[nn.Module, ...] = ()
     r: float = 1.0  # a radius at which p_r is neither 0 nor 1 on ``x``
     eps: float = 0.5  # an l2 perturbation size that moves the answers
+    extras: dict = field(default_factory=dict)  # client-specific handles (nets)
 
     @property
     def sites(self) -> dict:

@@ -142,5 +142,6 @@ def train(steps: int = 200, seed: int = 0) -> Client:
         obs_event=(D,),
         target=digits(1, offset=1790)[0].reshape(D),
         modules=(net,),
-        r=1.0,
+        extras={"net": net, "y": y},
+        r=0.4,
     )

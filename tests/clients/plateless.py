@@ -77,5 +77,5 @@ def train(steps: int = 200, seed: int = 0) -> Client:
         obs_event=(D,),
         target=digits(1, offset=1790)[0].reshape(D),
         modules=(net,),
-        r=1.0,
+        r=0.45,
     )

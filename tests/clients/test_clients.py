@@ -12,6 +12,8 @@ import contextlib
 import math
 import re
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 
@@ -62,6 +64,11 @@ def untouched(client):
         after = mod.state_dict()
         for k, v in before.items():
             assert torch.equal(v, after[k]), f"{client.name}: {k} changed by the query"
+
+
+def _guide_sites(client) -> dict:
+    """certified_margin runs the guide only: no observed site to name."""
+    return {k: v for k, v in client.sites.items() if k != "obs_site"}
 
 
 def _site_pattern(site: str) -> str:
@@ -161,7 +168,7 @@ def test_margin_bound(single):
             client.model,
             client.guide,
             client.x,
-            r=client.r,
+            r=2 * client.r,
             num_samples=N,
             confidence=0.99,
             seed=0,
@@ -174,7 +181,8 @@ def test_margin_bound(single):
     torch.testing.assert_close(
         _tensor(rob["min_scale"]), scale.min(-1).values.double(), rtol=1e-5, atol=0
     )
-    assert_binomial_close(_tensor(rob["p_a"]), N, probability(client, client.x, client.r), M)
+    p_a = probability(client, client.x, 2 * client.r, num=M)
+    assert_binomial_close(_tensor(rob["p_a"]), N, p_a, M)
     p_low = _tensor(rob["p_a_lower"])
     expected = torch.where(
         p_low > 0.5,
@@ -196,8 +204,7 @@ def test_certified_margin(single):
             a=a,
             b=b,
             c=c,
-            latent_site=client.latent_site,
-            **{k: v for k, v in client.sites.items() if k.startswith("model_")},
+            **_guide_sites(client),
         )
     rob = tree["robustness"]
     with torch.no_grad(), eval_mode(client.modules):
@@ -236,7 +243,7 @@ def test_single_gaussian_queries_refuse_extra_latent_sites(multi, query):
                 a=1.0,
                 b=1.0,
                 c=1.0,
-                **client.sites,
+                **_guide_sites(client),
             )
         else:
             pr.latent_attack(
@@ -368,7 +375,12 @@ def test_output_attack(client):
             seed=0,
             **client.sites,
         )
+    # the target lives in the observed site's shape, and its dims are named from that site
+    (feature,) = client.obs_event
+    assert tree["constant_data"]["target"].dims == ("obs_id", "feature")
+    assert tree["constant_data"].sizes["feature"] == feature
     delta = _tensor(tree["constant_data"]["delta"].isel(eps=0)).to(client.x.dtype)
+    assert tree["constant_data"]["delta"].dims[2:] == tree["constant_data"]["x"].dims[1:]
     objective = _tensor(tree["robustness"]["objective"].isel(eps=0)).double()
     t = target.expand(len(client.x), *target.shape)
     mine, sd = neg_elbo(client, client.x + delta, t, num=M)
@@ -435,7 +447,7 @@ def test_subsampling_guide_is_refused(air, query):
             client.model, client.guide, x, client.target, eps=0.5, steps=2, **kw
         ),
         "certified_margin": lambda: pr.certified_margin(
-            client.model, client.guide, x, r=1.0, a=1.0, b=1.0, c=1.0, **kw
+            client.model, client.guide, x, r=1.0, a=1.0, b=1.0, c=1.0, **_guide_sites(client)
         ),
     }
     with pytest.raises(ValueError, match=_SUBSAMPLE), untouched(client):
@@ -491,3 +503,85 @@ def distances_in_training_mode(client):
     finally:
         for mod, s in zip(client.modules, state, strict=True):
             mod.load_state_dict(s)
+
+
+# --------------------------------------------------------------------------------------------
+# the CVAE at test time: model(x) without y ends in pyro.deterministic("y", loc.detach())
+# --------------------------------------------------------------------------------------------
+
+
+def test_cvae_at_test_time_answers_without_gradients():
+    """Called as ``model(x)`` the CVAE example's guide is its prior net and its observed site a
+    detached ``pyro.deterministic``: r_robustness needs no gradient and must answer."""
+    from tests.clients.conftest import get_client
+
+    client = get_client("cvae")
+    net, x, r = client.extras["net"], client.x, client.r
+    delta = _delta(client)
+    tree = pr.r_robustness(
+        client.model, client.guide, x, r=r, delta=delta, num_samples=N, seed=0, obs_site="y"
+    )
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        loc, scale = net.prior_net(x + delta)
+        z = loc + scale * torch.randn((M, *loc.shape), generator=g)
+        d = (net.generation_net(z) - net.generation_net(net.prior_net(x)[0])).norm(dim=-1)
+    mine = (d <= r).double().mean(0)
+    assert_binomial_close(_tensor(tree["robustness"]["probability"]), N, mine, M)
+
+
+_NO_GRADIENT = r"(?is)(?=.*['\"]y['\"])(?=.*gradient)"
+_DETERMINISTIC = r"(?is)(?=.*['\"]y['\"])(?=.*determin)"
+
+
+@pytest.mark.parametrize("query", ["max_damage_attack", "empirical_margin", "output_attack"])
+def test_cvae_at_test_time_refuses_gradient_attacks(query):
+    from tests.clients.conftest import get_client
+
+    client = get_client("cvae")
+    x = client.x
+    with untouched(client):
+        if query == "max_damage_attack":
+            with pytest.raises(ValueError, match=_NO_GRADIENT):
+                pr.max_damage_attack(
+                    client.model, client.guide, x, eps=0.5, box=client.box, steps=2, obs_site="y"
+                )
+        elif query == "empirical_margin":
+            with pytest.raises(ValueError, match=_NO_GRADIENT):
+                pr.empirical_margin(  # at r = 1 the clean input is robust: the attack must run
+                    client.model,
+                    client.guide,
+                    x,
+                    r=1.0,
+                    box=client.box,
+                    steps=2,
+                    obs_site="y",
+                )
+        else:
+            with pytest.raises(ValueError, match=_DETERMINISTIC):
+                pr.output_attack(
+                    client.model,
+                    client.guide,
+                    x,
+                    client.target,
+                    eps=0.5,
+                    box=client.box,
+                    steps=2,
+                    obs_site="y",
+                )
+
+
+def test_model_site_missing_from_the_guide_is_refused():
+    """The issue's minimal model with a guide that forgets ``s``: its value would come from the
+    prior behind the user's back, so every query refuses and names it."""
+    from tests.clients import lognormal_scale
+
+    def guide_without_s(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(x, 0.1).to_event(1))
+
+    x = torch.ones(4, 1)
+    with pytest.raises(ValueError, match=_site_pattern("s")):
+        pr.r_robustness(lognormal_scale.model, guide_without_s, x, r=0.2, num_samples=10)
+    with pytest.raises(ValueError, match=_site_pattern("s")):
+        pr.max_damage_attack(lognormal_scale.model, guide_without_s, x, eps=0.1, box=None, steps=2)

@@ -123,5 +123,5 @@ def train(steps: int = 300, seed: int = 0) -> Client:
         obs_event=(D,),
         target=digits(1, offset=1790)[0].reshape(D),
         modules=(vae,),
-        r=1.0,
+        r=0.45,
     )
