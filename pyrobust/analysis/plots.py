@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from pyrobust._results import to_numpy
+from pyrobust._results import decode_attrs, to_numpy
 from pyrobust.analysis.io import as_tree, require_group
 
 __all__ = [
@@ -90,6 +90,38 @@ def _delta_norm(tree: xr.DataTree, rob: xr.Dataset) -> xr.DataArray:
     return np.sqrt((delta**2).sum([d for d in delta.dims if d not in keep]))
 
 
+def _interval(rob: xr.Dataset, name: str = "ci") -> tuple[xr.DataArray | None, xr.DataArray | None]:
+    """Interval limits from ``name`` on a ``ci_bound`` dim, or the older ``ci_lower``/``ci_upper``."""
+    if name in rob.data_vars and "ci_bound" in rob[name].dims:
+        ci = rob[name]
+        return ci.sel(ci_bound="lower", drop=True), ci.sel(ci_bound="upper", drop=True)
+    suffix = name[2:] if name.startswith("ci") else ""
+    lo, hi = f"ci_lower{suffix}", f"ci_upper{suffix}"
+    if lo in rob.data_vars and hi in rob.data_vars:
+        return rob[lo], rob[hi]
+    return None, None
+
+
+#: Dims that tell models apart in a combined result.
+_MODEL_DIMS = ("beta", "model")
+
+
+def _model_dim(tree: xr.DataTree, da: xr.DataArray) -> str | None:
+    combined = tree.attrs.get("combined_dim")
+    if isinstance(combined, str) and combined in da.dims:
+        return combined
+    return next((d for d in _MODEL_DIMS if d in da.dims), None)
+
+
+def _format_value(value: Any) -> str:
+    value = np.asarray(value).item() if np.ndim(value) == 0 else value
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return ", ".join(_format_value(v) for v in np.ravel(value))
+    return str(value)
+
+
 def plot_robustness_curve(
     tree: xr.DataTree | str | os.PathLike,
     *,
@@ -101,20 +133,25 @@ def plot_robustness_curve(
     r"""Probability of r-robustness against the size of the perturbation.
 
     Plots :math:`\hat p_r(x, \delta) = \hat P(\lVert \Delta(x, \delta) \rVert_2 \le r)` with its
-    ``[ci_lower, ci_upper]`` band against :math:`\epsilon` when the result sweeps an ``eps`` dim,
-    otherwise against :math:`\lVert \delta \rVert_2` of each perturbation (points with interval
-    bars). The dashed line :math:`p = 1/2` separates r-robust inputs (above) from the rest [CAM,
-    Definition 1].
+    exact interval (``ci`` on the ``ci_bound`` dim) against :math:`\epsilon` when the result
+    sweeps an ``eps`` dim, otherwise against :math:`\lVert \delta \rVert_2` of each perturbation
+    (points with interval bars). The dashed line :math:`p = 1/2` separates r-robust inputs
+    (above) from the rest [CAM, Definition 1].
+
+    A result combined over models (a ``beta`` or ``model`` dim, see
+    :func:`pyrobust.analysis.combine`) is drawn as one line per model: the mean of
+    :math:`\hat p_r` over inputs, with the band between the inputs' lower and upper quartiles
+    (the spread over inputs, not an interval of the mean).
 
     Parameters
     ----------
     tree : xarray.DataTree or path
-        A result with a ``robustness`` group holding ``probability`` (and optionally
-        ``ci_lower``, ``ci_upper``), e.g. from ``r_robustness`` or ``max_damage_attack``.
+        A result with a ``robustness`` group holding ``probability`` (and optionally its
+        interval ``ci``), e.g. from ``r_robustness`` or ``max_damage_attack``.
     radius : int or None, default 0
         Index along a ``radius`` dim, if the result has one; ``None`` draws every radius.
     max_lines : int, default 8
-        At most this many inputs (``obs_id``) are drawn as separate curves.
+        At most this many inputs (or models) are drawn as separate curves.
     ax : matplotlib Axes, optional
     path : str or path-like, optional
         Save the figure there (``.png``, ``.svg`` or ``.pdf``).
@@ -125,59 +162,94 @@ def plot_robustness_curve(
     """
     tree = as_tree(tree)
     rob = require_group(tree, "robustness", ["probability"], caller="plot_robustness_curve")
+    r_value: Any = decode_attrs(tree.attrs).get("r", decode_attrs(rob.attrs).get("r"))
     if "radius" in rob.dims and radius is not None:
         rob = rob.isel(radius=radius)
-    lo_name, hi_name = _pick(rob, ["ci_lower"]), _pick(rob, ["ci_upper"])
+        r_value = rob["radius"].values if "radius" in rob.coords else r_value
+    lo_all, hi_all = _interval(rob)
     fig, axes = _figure(ax)
     axis = axes[0, 0]
     prob = rob["probability"]
-    obs = prob["obs_id"].values[:max_lines] if "obs_id" in prob.dims else [None]
     sweep = "eps" if "eps" in prob.dims else None
-    if sweep is None:
-        xnorm = _delta_norm(tree, rob)
-    for i, o in enumerate(obs):
-        p = prob.sel(obs_id=o) if o is not None else prob
-        lo = rob[lo_name].sel(obs_id=o) if lo_name and o is not None else None
-        hi = rob[hi_name].sel(obs_id=o) if hi_name and o is not None else None
-        color = f"C{i % 10}"
-        label = f"obs {o}" if o is not None else None
-        if sweep is not None:
-            extra = [d for d in p.dims if d != "eps"]
-            xs = p["eps"].values
-            p_line = p.mean(extra) if extra else p
-            axis.plot(xs, p_line.values, marker="o", ms=3, color=color, label=label)
-            if lo is not None and hi is not None:
-                axis.fill_between(
-                    xs,
-                    (lo.min(extra) if extra else lo).values,
-                    (hi.max(extra) if extra else hi).values,
-                    color=color,
-                    alpha=0.2,
-                    lw=0,
-                )
-        else:
-            xs = np.ravel(xnorm.sel(obs_id=o).values) if o is not None else np.ravel(xnorm.values)
-            ys = np.ravel(p.values) * np.ones_like(xs)
-            if lo is not None and hi is not None:
-                yerr = np.stack([ys - np.ravel(lo.values), np.ravel(hi.values) - ys])
-                axis.errorbar(
-                    xs,
-                    ys,
-                    yerr=np.clip(yerr, 0, None),
-                    fmt="o",
-                    ms=4,
-                    color=color,
-                    capsize=2,
-                    label=label,
-                )
+    model_dim = _model_dim(tree, prob)
+    level = decode_attrs(rob.attrs).get("confidence")
+    if model_dim is not None:
+        if sweep is None:
+            raise ValueError(
+                "plot_robustness_curve: a result combined over "
+                f"{model_dim!r} is drawn against eps; this one has no eps dim. Use "
+                "plot_against_beta for a single perturbation per input."
+            )
+        other = [d for d in prob.dims if d not in (model_dim, "eps")]
+        xs = prob["eps"].values
+        for i, m in enumerate(prob[model_dim].values[:max_lines]):
+            p = prob.sel({model_dim: m}).astype(np.float64)
+            color = f"C{i % 10}"
+            axis.plot(
+                xs,
+                p.mean(other).values if other else p.values,
+                marker="o",
+                ms=3,
+                color=color,
+                label=f"{model_dim} = {_format_value(m)}",
+            )
+            if other:
+                q = p.quantile([0.25, 0.75], dim=other)
+                axis.fill_between(xs, q[0].values, q[1].values, color=color, alpha=0.2, lw=0)
+        ylabel = r"mean $\hat p_r$ over inputs (band: quartiles)"
+    else:
+        obs = prob["obs_id"].values[:max_lines] if "obs_id" in prob.dims else [None]
+        if sweep is None:
+            xnorm = _delta_norm(tree, rob)
+        for i, o in enumerate(obs):
+            sel = {"obs_id": o} if o is not None else {}
+            p = prob.sel(sel)
+            lo = lo_all.sel(sel) if lo_all is not None else None
+            hi = hi_all.sel(sel) if hi_all is not None else None
+            color = f"C{i % 10}"
+            label = f"input {o}" if o is not None else None
+            if sweep is not None:
+                extra = [d for d in p.dims if d != "eps"]
+                if extra:  # e.g. every radius: one line each, never a min/max envelope
+                    p = p.isel({d: 0 for d in extra})
+                    lo = lo.isel({d: 0 for d in extra}) if lo is not None else None
+                    hi = hi.isel({d: 0 for d in extra}) if hi is not None else None
+                xs = p["eps"].values
+                axis.plot(xs, p.values, marker="o", ms=3, color=color, label=label)
+                if lo is not None and hi is not None:
+                    axis.fill_between(xs, lo.values, hi.values, color=color, alpha=0.2, lw=0)
             else:
-                axis.plot(xs, ys, "o", ms=4, color=color, label=label)
+                xs = np.ravel(xnorm.sel(sel).values)
+                ys = np.ravel(p.values) * np.ones_like(xs)
+                if lo is not None and hi is not None:
+                    yerr = np.stack([ys - np.ravel(lo.values), np.ravel(hi.values) - ys])
+                    axis.errorbar(
+                        xs,
+                        ys,
+                        yerr=np.clip(yerr, 0, None),
+                        fmt="o",
+                        ms=4,
+                        color=color,
+                        capsize=2,
+                        label=label,
+                    )
+                else:
+                    axis.plot(xs, ys, "o", ms=4, color=color, label=label)
+        ylabel = r"$\hat p_r(x, \delta)$"
+        if lo_all is not None and isinstance(level, (int, float)):
+            ylabel += f" ({level:.0%} interval)"
     axis.axhline(0.5, color="k", ls="--", lw=1, label="p = 1/2")
     axis.set_ylim(-0.02, 1.02)
-    axis.set_xlabel(r"$\epsilon$" if sweep else r"$\|\delta\|_2$")
-    r_attr = tree.attrs.get("r", "")
-    axis.set_ylabel(rf"$p_r(x, \delta)$, r = {r_attr}" if r_attr != "" else r"$p_r(x, \delta)$")
-    axis.set_title("r-robustness")
+    axis.set_xlabel(
+        r"perturbation size $\epsilon$ ($\ell_2$, input units)"
+        if sweep
+        else r"$\|\delta\|_2$ (input units)"
+    )
+    axis.set_ylabel(ylabel)
+    title = "r-robustness"
+    if r_value is not None:
+        title += f", r = {_format_value(r_value)}"
+    axis.set_title(title)
     axis.legend(fontsize=7, loc="best")
     return _finish(fig, path)
 
@@ -201,19 +273,66 @@ def _margin_values(obj: Any, names: Sequence[str], argname: str) -> np.ndarray:
     return np.ravel(to_numpy(obj)).astype(np.float64)
 
 
+def _broken_flags(obj: Any, size: int) -> np.ndarray:
+    """``robustness/broken`` of an empirical-margin tree, else all True."""
+    if isinstance(obj, (xr.DataTree, str, os.PathLike)):
+        tree = as_tree(obj, "empirical")
+        if "robustness" in tree.children and "broken" in tree["robustness"].data_vars:
+            flags = np.ravel(tree["robustness"]["broken"].values).astype(bool)
+            if flags.size == size:
+                return flags
+    return np.ones(size, dtype=bool)
+
+
+def margin_agreement(bound: np.ndarray, empirical: np.ndarray, broken: np.ndarray) -> dict:
+    r"""How a margin bound compares with the empirical margin, input by input.
+
+    The bound is a lower bound on the true margin; the empirical margin :math:`R_{lo}` (the
+    largest radius the attack did not break) is an upper bound on it where the attack broke
+    the input, and a lower bound (the search limit) where it did not.
+
+    Returns
+    -------
+    dict
+        ``n`` (inputs with both values finite), ``consistent`` (bound :math:`\le R_{lo}`),
+        ``broken`` (inputs the attack broke), ``pearson`` (correlation over the broken inputs,
+        NaN with fewer than 2), ``median_bound`` and ``median_empirical`` (over all ``n``).
+    """
+    b, m, brk = (np.asarray(v, dtype=np.float64).ravel() for v in (bound, empirical, broken))
+    brk = brk.astype(bool)
+    ok = np.isfinite(b) & np.isfinite(m)
+    both = ok & brk
+    if both.sum() > 1 and np.std(b[both]) > 0 and np.std(m[both]) > 0:
+        rho = float(np.corrcoef(b[both], m[both])[0, 1])
+    else:
+        rho = float("nan")
+    return {
+        "n": int(ok.sum()),
+        "consistent": int((b[ok] <= m[ok]).sum()),
+        "broken": int(both.sum()),
+        "pearson": rho,
+        "median_bound": float(np.median(b[ok])) if ok.any() else float("nan"),
+        "median_empirical": float(np.median(m[ok])) if ok.any() else float("nan"),
+    }
+
+
 def plot_margin_scatter(
     bound: Any,
     empirical: Any = None,
     *,
+    broken: Any = None,
     ax=None,
     path: str | os.PathLike | None = None,
 ):
     r"""Certified margin bound against the empirical margin, per input.
 
     The bound of [CAM] is a lower bound on the true margin, and the empirical margin (the
-    smallest perturbation an attack found to break r-robustness) an upper bound, so points lie
-    on or above :math:`y = x`. The title reports the Pearson correlation
-    :math:`\rho = \mathrm{cov}(b, m) / (s_b s_m)`, the figure of [CAM, Fig. 3].
+    largest radius at which the attack left the input r-robust) an upper bound on it where the
+    attack broke the input, so those points lie on or above :math:`y = x`. Inputs the attack
+    did not break within its search limit have an empirical margin of *at least* that limit:
+    they are drawn as upward triangles with an arrow (lower bounds), not as points, and are left
+    out of the Pearson correlation :math:`\rho = \mathrm{cov}(b, m) / (s_b s_m)` in the title
+    (the figure of [CAM, Fig. 3]).
 
     Parameters
     ----------
@@ -221,8 +340,11 @@ def plot_margin_scatter(
         Margin bounds: ``robustness/bound`` of ``margin_bound`` (or ``certified_margin``), or an
         array.
     empirical : xarray.DataTree, path or array, optional
-        Empirical margins: ``robustness/margin`` of ``empirical_margin`` (or
-        ``empirical_margin``), or an array. Default: read from the same tree as ``bound``.
+        Empirical margins: ``robustness/margin`` of ``empirical_margin``, or an array. Default:
+        read from the same tree as ``bound``.
+    broken : array of bool, optional
+        Whether the attack broke each input; default ``robustness/broken`` of ``empirical``
+        when it has one, else all True.
     ax : matplotlib Axes, optional
     path : str or path-like, optional
 
@@ -231,27 +353,54 @@ def plot_margin_scatter(
     matplotlib.figure.Figure
     """
     b = _margin_values(bound, ["bound", "certified_margin"], "bound")
-    m = _margin_values(
-        bound if empirical is None else empirical, ["margin", "empirical_margin"], "empirical"
-    )
+    source = bound if empirical is None else empirical
+    m = _margin_values(source, ["margin", "empirical_margin"], "empirical")
     if b.shape != m.shape:
         raise ValueError(
             f"bound and empirical must hold one margin per input: got {b.size} bounds and "
             f"{m.size} empirical margins."
         )
+    brk = _broken_flags(source, m.size) if broken is None else np.ravel(to_numpy(broken))
+    if brk.shape != m.shape:
+        raise ValueError(
+            f"broken must hold one flag per input: got {brk.size} for {m.size} inputs."
+        )
+    brk = brk.astype(bool)
+    stats = margin_agreement(b, m, brk)
     ok = np.isfinite(b) & np.isfinite(m)
-    rho = float(np.corrcoef(b[ok], m[ok])[0, 1]) if ok.sum() > 1 else float("nan")
-    fig, axes = _figure(ax, size=(4.2, 4.0))
+    fig, axes = _figure(ax, size=(4.4, 4.2))
     axis = axes[0, 0]
-    axis.scatter(b[ok], m[ok], s=14, alpha=0.8)
-    top = float(max(b[ok].max(initial=0.0), m[ok].max(initial=0.0))) * 1.05 or 1.0
+    pts, low = ok & brk, ok & ~brk
+    axis.scatter(b[pts], m[pts], s=16, alpha=0.8, label="attack broke the input")
+    top = float(max(b[ok].max(initial=0.0), m[ok].max(initial=0.0))) * 1.12 or 1.0
+    if low.any():
+        axis.scatter(
+            b[low],
+            m[low],
+            s=30,
+            marker="^",
+            facecolors="none",
+            edgecolors="C1",
+            label="not broken: empirical margin ≥ search limit",
+        )
+        for xb, ym in zip(b[low], m[low], strict=True):
+            axis.annotate(
+                "",
+                xy=(xb, min(ym + 0.08 * top, top)),
+                xytext=(xb, ym),
+                arrowprops={"arrowstyle": "->", "color": "C1", "lw": 0.8},
+            )
     axis.plot([0, top], [0, top], "k--", lw=1, label="y = x")
     axis.set_xlim(0, top)
     axis.set_ylim(0, top)
-    axis.set_xlabel("margin bound")
-    axis.set_ylabel("empirical margin")
-    axis.set_title(f"Pearson r = {rho:.3f}")
-    axis.legend(fontsize=8)
+    axis.set_xlabel(r"margin bound ($\ell_2$ norm of $\delta$, input units)")
+    axis.set_ylabel(r"empirical margin ($\ell_2$, input units)")
+    axis.set_title(
+        f"Pearson r = {stats['pearson']:.3f} over {stats['broken']} broken inputs;\n"
+        f"bound ≤ empirical on {stats['consistent']} of {stats['n']}",
+        fontsize=9,
+    )
+    axis.legend(fontsize=7, loc="upper left")
     return _finish(fig, path)
 
 

@@ -82,15 +82,83 @@ def test_margin_scatter_reports_pearson(tmp_path):
     fig = plot_margin_scatter(tree, path=tmp_path / "scatter.png")
     _written(tmp_path / "scatter.png")
     rob = tree["robustness"]
-    rho = np.corrcoef(rob["bound"].values, rob["empirical_margin"].values)[0, 1]
-    assert fig.axes[0].get_title() == f"Pearson r = {rho:.3f}"
+    b, m = rob["bound"].values, rob["empirical_margin"].values
+    rho = np.corrcoef(b, m)[0, 1]
+    assert fig.axes[0].get_title().startswith(f"Pearson r = {rho:.3f} over 6 broken inputs")
+    assert fig.axes[0].get_title().endswith(f"bound ≤ empirical on {(b <= m).sum()} of 6")
     # arrays work too; y = x is drawn
     fig = plot_margin_scatter(np.array([0.1, 0.2, 0.3]), np.array([0.2, 0.4, 0.5]))
     assert any(np.allclose(ln.get_xdata(), ln.get_ydata()) for ln in fig.axes[0].get_lines())
-    assert (
-        fig.axes[0].get_title()
-        == f"Pearson r = {np.corrcoef([0.1, 0.2, 0.3], [0.2, 0.4, 0.5])[0, 1]:.3f}"
+    rho = np.corrcoef([0.1, 0.2, 0.3], [0.2, 0.4, 0.5])[0, 1]
+    assert fig.axes[0].get_title().startswith(f"Pearson r = {rho:.3f} over 3")
+
+
+def test_margin_scatter_draws_unbroken_inputs_as_lower_bounds():
+    b = np.array([0.1, 0.2, 0.3, 0.25, 0.05])
+    m = np.array([0.3, 0.5, 0.7, 1.0, 1.0])  # the last two hit the search limit 1.0
+    broken = np.array([True, True, True, False, False])
+    fig = plot_margin_scatter(b, m, broken=broken)
+    axis = fig.axes[0]
+    points, lower = axis.collections[:2]
+    np.testing.assert_allclose(points.get_offsets(), np.c_[b[:3], m[:3]])
+    np.testing.assert_allclose(lower.get_offsets(), np.c_[b[3:], m[3:]])
+    arrows = [c for c in axis.get_children() if type(c).__name__ == "Annotation"]
+    assert len(arrows) == 2  # one upward arrow per unbroken input
+    # the correlation is over the broken inputs only
+    rho = np.corrcoef(b[:3], m[:3])[0, 1]
+    assert axis.get_title().startswith(f"Pearson r = {rho:.3f} over 3 broken inputs")
+    assert "input units" in axis.get_xlabel()
+
+
+def _eps_tree(beta, seed=0, r=(0.5, 1.0)):
+    eps = np.array([0.0, 0.5, 1.0])
+    rng = np.random.default_rng(seed)
+    p = np.clip(1 - eps[None, :, None] * rng.random((4, 1, len(r))) * beta, 0, 1)
+    lo, hi = np.clip(p - 0.05, 0, 1), np.clip(p + 0.05, 0, 1)
+    return make_tree(
+        summary={
+            "robustness": {
+                "probability": (["obs_id", "eps", "radius"], p),
+                "ci": (["obs_id", "eps", "radius", "ci_bound"], np.stack([lo, hi], -1)),
+            }
+        },
+        coords={"obs_id": np.arange(4), "eps": eps, "radius": np.array(r)},
+        attrs={"query": "r_robustness", "r": list(r), "beta": beta, "confidence": 0.95,
+               "model_hash": f"{seed:064d}"},
+    )  # fmt: skip
+
+
+def test_curve_of_a_combined_tree_draws_one_line_per_beta_and_labels_r():
+    tree = combine([_eps_tree(b, seed=i) for i, b in enumerate([1.0, 2.0])], dim="beta")
+    fig = plot_robustness_curve(tree, radius=1)
+    axis = fig.axes[0]
+    lines = [ln for ln in axis.get_lines() if ln.get_label().startswith("beta")]
+    assert [ln.get_label() for ln in lines] == ["beta = 1", "beta = 2"]
+    for ln, b in zip(lines, [1.0, 2.0], strict=True):
+        expected = tree["robustness"]["probability"].sel(beta=b).isel(radius=1).mean("obs_id")
+        np.testing.assert_allclose(ln.get_ydata(), expected.values)
+    # the band is the quartiles over inputs of each model, not an envelope over models
+    assert len(axis.collections) == 2
+    for band, b in zip(axis.collections, [1.0, 2.0], strict=True):
+        ys = np.concatenate([path.vertices[:, 1] for path in band.get_paths()])
+        p = tree["robustness"]["probability"].sel(beta=b).isel(radius=1).values
+        q = np.quantile(p, [0.25, 0.75], axis=0)
+        assert np.isclose(ys.min(), q[0].min()) and np.isclose(ys.max(), q[1].max())
+    assert axis.get_title() == "r-robustness, r = 1"  # the selected radius, no json: prefix
+    assert "json" not in axis.get_ylabel()
+
+
+def test_curve_reads_the_ci_bound_interval():
+    tree = _eps_tree(1.0)
+    fig = plot_robustness_curve(tree)
+    axis = fig.axes[0]
+    band = axis.collections[0]
+    ys = np.concatenate([path.vertices[:, 1] for path in band.get_paths()])
+    ci = tree["robustness"]["ci"].isel(obs_id=0, radius=0)
+    assert np.isclose(ys.min(), ci.sel(ci_bound="lower").min()) and np.isclose(
+        ys.max(), ci.sel(ci_bound="upper").max()
     )
+    assert "95% interval" in axis.get_ylabel() and axis.get_title() == "r-robustness, r = 0.5"
 
 
 def test_against_beta(tmp_path):
