@@ -116,7 +116,7 @@ def test_r_robustness_with_eps_family(client):
     deltas = tree["constant_data"]["delta"]
     for j in range(len(eps)):
         d = _tensor(deltas.isel(eps=j)).to(client.x.dtype)
-        assert float(d.reshape(len(d), -1).norm(dim=-1).max()) <= 3 * eps[j] + 1e-6
+        assert float(d.reshape(len(d), -1).norm(dim=-1).max()) <= 5 * eps[j] + 1e-6
         mine = probability(client, client.x, client.r, d, num=M)
         assert_binomial_close(_tensor(p.isel(eps=j)), N, mine, M)
 
