@@ -90,6 +90,19 @@ def _fold(value: Any, n: int, reps: int) -> Any:
     return value
 
 
+def _event_dims(event_ndim: int) -> tuple[str, ...]:
+    names = {0: (), 1: ("feature",), 2: ("row", "col"), 3: ("channel", "row", "col")}
+    return names.get(event_ndim, tuple(f"event_dim_{i}" for i in range(event_ndim)))
+
+
+def _output_dims(obs_event, x_event, obs_site) -> tuple[str, ...]:
+    names = _event_dims(len(obs_event))
+    x_names = dict(zip(_event_dims(len(x_event)), x_event, strict=True))
+    if any(x_names.get(name, size) != size for name, size in zip(names, obs_event, strict=True)):
+        names = tuple(f"{obs_site}_{name}" for name in names)
+    return names
+
+
 def _take(value: Any, n: int, index: torch.Tensor) -> Any:
     if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == n:
         return value[index.to(value.device)]
@@ -100,19 +113,24 @@ def _take(value: Any, n: int, index: torch.Tensor) -> Any:
 # evaluation mode
 # --------------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def eval_mode(switched: list[str] | None = None) -> Iterator[None]:
+def eval_mode(
+    switched: list[str] | None = None, modules: list[nn.Module] | None = None
+) -> Iterator[None]:
     """Run every ``torch.nn.Module`` that executes inside the block in evaluation mode.
 
     A global forward pre-hook sets ``module.training = False`` just before a module first runs
     (so batch-norm statistics are never updated and dropout is off) and the caller's flags are
     restored on exit. Class names of mode-dependent modules (batch norm, instance norm,
-    dropout) that were in training mode are appended to ``switched``.
+    dropout) that were in training mode are appended to ``switched``; every module that ran
+    is appended to ``modules``.
     """
     flags: dict[nn.Module, bool] = {}
 
     def hook(module, args):
         if module not in flags:
             flags[module] = module.training
+            if modules is not None:
+                modules.append(module)
             if module.training:
                 module.training = False
                 if switched is not None and isinstance(module, _MODE_DEPENDENT):
@@ -306,6 +324,7 @@ class Pair:
         self.obs_value: torch.Tensor | None = None
         self.obs_deterministic = False
         self.switched: list[str] = []
+        self.params: list[torch.Tensor] = []
         self._folded: dict[int, tuple[tuple, dict]] = {}
 
     # -- construction ------------------------------------------------------------------------
@@ -330,12 +349,34 @@ class Pair:
                 )
         args, kwargs = check_model_args(model_args, model_kwargs)
         pair = cls(model, guide, x.shape[0], args, kwargs, latent_site, obs_site)
-        with torch.no_grad(), eval_mode(pair.switched), pyro.validation_enabled(False):
+        modules: list[nn.Module] = []
+        with torch.no_grad(), eval_mode(pair.switched, modules), pyro.validation_enabled(False):
             guide_tr = poutine.trace(guide).get_trace(x, *args, **kwargs)
             pair._check_guide(guide_tr)
             model_tr = pair._model_trace(x, {k: s["value"] for k, s in _latents(guide_tr).items()})
             pair._check_model(model_tr, guide_tr)
+        pair._collect_params(modules, guide_tr, model_tr)
         return pair
+
+    def _collect_params(self, modules, *traces) -> None:
+        """The tensors the pair computes with: params of the modules that ran, and param sites."""
+        seen: dict[int, torch.Tensor] = {}
+        for module in modules:
+            for p in module.parameters(recurse=False):
+                seen.setdefault(id(p), p)
+            for b in module.buffers(recurse=False):
+                seen.setdefault(id(b), b)
+        for trace in traces:
+            for site in trace.nodes.values():
+                if site["type"] == "param":
+                    seen.setdefault(id(site["value"]), site["value"])
+        self.params = list(seen.values())
+
+    def identity(self) -> dict[str, Any]:
+        """``model_hash`` (SHA-256 of the tensors used) and ``model_name``, for result attrs."""
+        from pyrobust._results import model_identity
+
+        return model_identity(self.model, self.guide, self.params)
 
     @classmethod
     def build_guide(
@@ -352,8 +393,11 @@ class Pair:
             raise TypeError(f"`guide` must be a Pyro callable; got {type(guide).__name__}.")
         args, kwargs = check_model_args(model_args, model_kwargs)
         pair = cls(None, guide, x.shape[0], args, kwargs, latent_site, None)
-        with torch.no_grad(), eval_mode(pair.switched), pyro.validation_enabled(False):
-            pair._check_guide(pair._guide_trace(x))
+        modules: list[nn.Module] = []
+        with torch.no_grad(), eval_mode(pair.switched, modules), pyro.validation_enabled(False):
+            trace = pair._guide_trace(x)
+            pair._check_guide(trace)
+        pair._collect_params(modules, trace)
         return pair
 
     def _check_guide(self, trace) -> None:
@@ -418,6 +462,7 @@ class Pair:
     def attrs(self) -> dict[str, Any]:
         """Settings describing how the pair was read, for a result's attrs."""
         return {
+            **self.identity(),
             "latent_site": self.latent_site,
             "obs_site": self.obs_site,
             "extra_latent_sites": list(self.extra),
@@ -427,6 +472,13 @@ class Pair:
             "eval_mode_modules": sorted(set(self.switched)),
             "obs_event_shape": list(self.obs_event),
         }
+
+    def observed(self, x_event: tuple[int, ...]) -> tuple[dict, dict]:
+        """``observed_data`` group content and dims: the observed site's value at the inputs."""
+        if self.obs_value is None:
+            return {}, {}
+        names = _output_dims(self.obs_event, x_event, self.obs_site)
+        return {self.obs_site: self.obs_value}, {self.obs_site: ["obs_id", *names]}
 
     def subset(self, index: slice | torch.Tensor) -> Pair:
         """The pair restricted to some inputs (per-input arguments taken along).

@@ -42,7 +42,7 @@ import math
 import pyro
 import torch
 
-from pyrobust.models.sites import Pair
+from pyrobust.models.sites import Pair, _event_dims, _output_dims
 
 __all__ = [
     "DEFAULT_MAX_BATCH",
@@ -82,8 +82,7 @@ def make_generator(seed: int | None, device: torch.device | str) -> torch.Genera
 
 def event_dims(event_ndim: int) -> tuple[str, ...]:
     """ArviZ dim names of one input: ``feature``; ``row, col``; ``channel, row, col``."""
-    names = {0: (), 1: ("feature",), 2: ("row", "col"), 3: ("channel", "row", "col")}
-    return names.get(event_ndim, tuple(f"event_dim_{i}" for i in range(event_ndim)))
+    return _event_dims(event_ndim)
 
 
 def output_dims(
@@ -95,11 +94,7 @@ def output_dims(
     site has the input's shape or a different rank; prefixed with the site's name
     (``x_feature``) when a name would clash with an input dim of another size.
     """
-    names = event_dims(len(obs_event))
-    x_names = dict(zip(event_dims(len(x_event)), x_event, strict=True))
-    if any(x_names.get(name, size) != size for name, size in zip(names, obs_event, strict=True)):
-        names = tuple(f"{obs_site}_{name}" for name in names)
-    return names
+    return _output_dims(obs_event, x_event, obs_site)
 
 
 def random_perturbations(

@@ -18,6 +18,7 @@ Stable private API:
 * :func:`clopper_pearson` ``(k, n, confidence) -> (lower, upper)``
 * :func:`clopper_pearson_lower` ``(k, n, confidence) -> lower``
 * :func:`count_inside` ``(distances, r) -> (k, median)``
+* :func:`binomial_summary` ``(k, n, confidence, dims, suffix="")``: the result variables
 * :func:`decide` ``(lower, upper) -> int8 codes`` and :func:`decision_labels` ``(codes)``
 * :data:`ROBUST`, :data:`UNDECIDED`, :data:`NOT_ROBUST` (the codes) and :data:`DECISIONS`
 
@@ -44,6 +45,7 @@ __all__ = [
     "NOT_ROBUST",
     "ROBUST",
     "UNDECIDED",
+    "binomial_summary",
     "clopper_pearson",
     "clopper_pearson_lower",
     "count_inside",
@@ -133,6 +135,29 @@ def decision_labels(codes) -> np.ndarray:
     out[codes == ROBUST] = DECISIONS[ROBUST]
     out[codes == NOT_ROBUST] = DECISIONS[NOT_ROBUST]
     return out
+
+
+def binomial_summary(
+    k: torch.Tensor, n, confidence: float, dims: tuple[str, ...], *, suffix: str = ""
+) -> dict[str, tuple[tuple[str, ...], object]]:
+    r"""The summary variables of a Monte-Carlo probability, laid out as every result has them.
+
+    ``probability`` :math:`k/n`, ``ci`` (dims ``(*dims, "ci_bound")``, the exact
+    Clopper–Pearson limits), ``num_inside`` :math:`k`, ``num_draws`` :math:`n` and ``decision``
+    (int8 codes: 1 robust, 0 undecided, -1 not robust; :func:`pyrobust._results.make_tree`
+    attaches the CF ``flag_values``/``flag_meanings``), each name followed by ``suffix``.
+    """
+    from pyrobust._results import ci_bound
+
+    n_t = torch.as_tensor(n, device=k.device).expand_as(k)
+    lower, upper = clopper_pearson(k, n_t, confidence)
+    return {
+        f"probability{suffix}": (dims, k.to(torch.float64) / n_t),
+        f"ci{suffix}": ((*dims, "ci_bound"), ci_bound(lower, upper)),
+        f"num_inside{suffix}": (dims, k),
+        f"num_draws{suffix}": (dims, n_t),
+        f"decision{suffix}": (dims, decide(lower, upper)),
+    }
 
 
 def count_inside(distances: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

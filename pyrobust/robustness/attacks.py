@@ -58,7 +58,7 @@ from pyrobust.robustness._sampling import (
     output_dims,
     sample_distances,
 )
-from pyrobust.robustness._stats import clopper_pearson, decide, decision_labels
+from pyrobust.robustness._stats import binomial_summary
 from pyrobust.robustness._validation import (
     check_choice,
     check_confidence,
@@ -557,9 +557,12 @@ def max_damage_attack(
     -------
     xarray.DataTree
         ``constant_data``: ``x`` and the best ``delta`` (dims ``obs_id, eps, *pixel``);
-        ``robustness``: ``damage`` (achieved mean distance) and ``delta_norm``, and with ``r``
-        also ``probability``, ``ci_lower``, ``ci_upper`` and ``decision`` (dims
-        ``obs_id, eps``), as in :func:`pyrobust.r_robustness`.
+        ``observed_data``: the observed site's value at ``x``; ``robustness``: ``damage``
+        (achieved mean distance) and ``delta_norm``, and with ``r`` also ``probability``,
+        ``ci`` (dim ``ci_bound``), ``num_inside``, ``num_draws`` and ``decision`` (int8 codes
+        1 robust, 0 undecided, -1 not robust; CF flag attrs), dims ``obs_id, eps``, computed
+        from the draws ``posterior_predictive/distance`` and ``inside`` (``chain, draw,
+        obs_id, eps``) at the attacked inputs, as in :func:`pyrobust.r_robustness`.
 
     Raises
     ------
@@ -633,35 +636,43 @@ def max_damage_attack(
         "damage": (("obs_id", "eps"), damage.reshape(e, n).T),
         "delta_norm": (("obs_id", "eps"), dnorm.reshape(e, n).T),
     }
+    observed, obs_dims = pair.observed(event)
+    groups: dict = {"observed_data": observed} if observed else {}
     if r is not None:
-        with pair.session():
-            k = _robust_counts(
+        with pair.session(), torch.no_grad():
+            d = sample_distances(
                 pair,
                 xe,
                 delta,
-                float(r),
                 num_samples=num_samples,
                 reference=reference,
-                gen=gen,
+                generator=gen,
                 max_batch=max_batch,
             )
-        k = k.reshape(e, n).T
-        lower, upper = clopper_pearson(k, num_samples, confidence)
-        summary.update(
-            probability=(("obs_id", "eps"), k.to(torch.float64) / num_samples),
-            ci_lower=(("obs_id", "eps"), lower),
-            ci_upper=(("obs_id", "eps"), upper),
-            decision=(("obs_id", "eps"), decision_labels(decide(lower, upper))),
-        )
+        d = d.reshape(num_samples, e, n).transpose(1, 2)  # (S, n, eps)
+        inside = d <= float(r)
+        summary.update(binomial_summary(inside.sum(0), num_samples, confidence, ("obs_id", "eps")))
+        groups["posterior_predictive"] = {
+            "distance": d.unsqueeze(0),
+            "inside": inside.to(torch.float64).unsqueeze(0),
+        }
     pix = list(event_dims(len(event)))
     delta_out = delta.reshape(e, n, *event).transpose(0, 1)
     constant = {"x": x}
     if r is not None:
         constant["r"] = np.asarray(float(r))
     constant["delta"] = delta_out
+    groups["constant_data"] = constant
     return make_tree(
-        {"constant_data": constant},
-        dims={"x": ["obs_id", *pix], "delta": ["obs_id", "eps", *pix], "r": []},
+        groups,
+        dims={
+            "x": ["obs_id", *pix],
+            "delta": ["obs_id", "eps", *pix],
+            "r": [],
+            "distance": ["obs_id", "eps"],
+            "inside": ["obs_id", "eps"],
+            **obs_dims,
+        },
         coords={"obs_id": np.arange(n), "eps": eps_grid},
         summary={"robustness": summary},
         attrs={

@@ -112,8 +112,16 @@ def test_probability_at_attacked_input_matches_ncx2():
     exact = lg.p_robust(0.8, delta)
     p = rob["probability"].values
     assert np.all(np.abs(p - exact) < 4 * np.sqrt(exact * (1 - exact) / 4000) + 1e-3)
-    assert np.all(rob["ci_lower"].values <= p) and np.all(p <= rob["ci_upper"].values)
-    assert set(np.unique(rob["decision"].values[:, 0])) == {"robust"}
+    ci = rob["ci"]
+    assert ci.dims == ("obs_id", "eps", "ci_bound")
+    assert np.all(ci.sel(ci_bound="lower").values <= p)
+    assert np.all(p <= ci.sel(ci_bound="upper").values)
+    assert set(np.unique(rob["decision"].values[:, 0])) == {1}  # robust
+    assert rob["decision"].attrs["flag_meanings"] == "not_robust undecided robust"
+    # the answer is the mean of the indicator draws ArviZ reads
+    inside = tree["posterior_predictive"]["inside"]
+    np.testing.assert_allclose(inside.mean(("chain", "draw")).values, p)
+    assert tree["posterior_predictive"]["distance"].dims == ("chain", "draw", "obs_id", "eps")
 
 
 def test_same_seed_same_answer_and_attrs():
