@@ -246,25 +246,25 @@ class _CountedModel:
     ``pyro.plate("data", len(x))``, ``c`` under ``poutine.scale(scale=c)``). The loss
     divided by it is the loss per data point, whatever the model's plate scaling. A model
     with no observed site counts one data point per row. Under a JIT-compiled objective the
-    model runs only while compiling; the count of that run is kept (every minibatch has the
-    same size there).
+    model runs only while compiling; the counts of those runs are kept, by minibatch size.
+    Use one instance per data source (training, validation).
     """
 
     def __init__(self, model: Callable):
         self.model = model
-        self.points: float | None = None
+        self.points: dict[int, float] = {}
 
     def __call__(self, x, *args, **kwargs):
         recorder = _ObservedScale()
         with recorder:
             out = self.model(x, *args, **kwargs)
-        rows = x.shape[0] if torch.is_tensor(x) and x.dim() >= 1 else 1
-        self.points = rows * (1.0 if recorder.scale is None else recorder.scale)
+        rows = int(x.shape[0]) if torch.is_tensor(x) and x.dim() >= 1 else 1
+        self.points[rows] = rows * (1.0 if recorder.scale is None else recorder.scale)
         return out
 
     def per_point(self, loss: float, rows: int) -> float:
-        points = self.points if self.points and self.points > 0 else rows
-        return loss / points
+        points = self.points.get(rows)
+        return loss / (points if points and points > 0 else rows)
 
 
 def _make_optimizer(optimizer, lr):
@@ -936,7 +936,7 @@ def fit(
     def size_kwargs(size):
         return {"size": size} if use_size else {}
 
-    counted = _CountedModel(model)
+    counted, counted_val = _CountedModel(model), _CountedModel(model)
     svi = SVI(counted, guide, optim, loss=elbo)
     num_batches = math.ceil(n / batch_size)
     ckpt_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
@@ -1047,7 +1047,7 @@ def fit(
                     with _named_dtype_errors("val_data", x_val.batch_dtype):
                         record["val_loss"] = _evaluate(
                             elbo,
-                            counted,
+                            counted_val,
                             guide,
                             x_val,
                             val_args,
