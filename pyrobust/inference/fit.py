@@ -4,8 +4,11 @@ r"""The training loop: SVI on a dataset, with checkpoints that resume bit for bi
 :class:`pyrobust.models.VAE`) with :class:`pyro.infer.SVI` and returns its history as an
 ``xarray.DataTree``. Checkpoints (:func:`save_checkpoint`, :func:`load_checkpoint`) hold the
 param store, the optimizer state, the objective's own state (e.g. a FactorVAE discriminator),
-the RNG states and the history, written atomically (a temporary file, then ``os.replace``), so
+the RNG states and the history, written atomically (a ``mkstemp`` temporary file, then
+``os.replace``; the JSON sidecar is bound to its ``.pt`` by the file's SHA-256), so
 ``fit(..., resume=True)`` continues exactly the trajectory an uninterrupted run would follow.
+Conditional models take ``model_args`` / ``model_kwargs`` as :class:`pyro.infer.Predictive`
+does.
 """
 
 from __future__ import annotations
@@ -614,7 +617,14 @@ def _repair_sidecar(path: Path, metadata_json: str, digest: str) -> None:
 def _restore_params(state, vae_or_pair, example) -> None:
     model, guide, module = _split_pair(vae_or_pair)
     if module is not None and state.get("module") is not None:
-        module.load_state_dict(state["module"])
+        try:
+            module.load_state_dict(state["module"])
+        except (RuntimeError, TypeError, KeyError) as err:
+            raise ValueError(
+                f"The checkpoint's module state does not fit {type(module).__name__}: "
+                f"{str(err).splitlines()[0]}. Build the module with the settings it was "
+                "trained with."
+            ) from err
     store = pyro.get_param_store()
     missing = [n for n in state["params"] if n not in store]
     if missing and example is not None:

@@ -26,6 +26,12 @@ objective           maximised per data point
 :class:`JitDIPVAELoss` are the same objectives compiled with :func:`pyro.ops.jit.trace`, with
 the coefficients as traced inputs (a schedule does not trigger recompilation).
 
+They are reparameterized estimators: every guide site must have ``rsample``. A site that
+cannot be reparameterized (a discrete ``y`` as in the semi-supervised VAE) is refused by name
+at the first evaluation, validation on or off, rather than trained with its score-function
+term silently missing; enumerate it and train with :class:`pyro.infer.TraceEnum_ELBO`
+instead (:func:`~pyrobust.inference.fit` accepts any Pyro ELBO).
+
 Each objective records its terms at every evaluation in :attr:`~_SiteELBO.last_terms` (floats,
 same units as the loss: summed over the minibatch, scaled to the dataset, averaged over
 particles), e.g. ``{"loss", "reconstruction", "kl", "mi", "tc", "dwkl"}``.
@@ -601,7 +607,8 @@ class BetaTCELBO(_SiteELBO):
         Weights of MI, TC and dimension-wise KL (>= 0). Defaults 1, 6, 1.
     dataset_size : int, optional
         :math:`N`. By default the data plate's ``size`` (``pyro.plate("data", size,
-        subsample=x)``), or the minibatch size when the plate is not subsampled.
+        subsample=x)``), or the minibatch size when the plate is not subsampled or has no
+        size (``pyro.plate("data")``).
     estimator : {"mss", "mws"}, default "mss"
     latent_site : str, default "z"
         The latent site; the guide's must be ``dist.Normal(loc, scale).to_event(1)`` inside
