@@ -2,20 +2,35 @@
 
 Every subcommand's settings are a dataclass (below); each field is a command-line flag and a key
 of an optional config file (``--config run.toml``, a flat table or one table per subcommand, e.g.
-``[train]``). Flags given on the command line win over the file. The settings are stored in the
-attrs of every result written, so a result says how it was made.
+``[train]``). Flags given on the command line win over the file. Every value is checked (type,
+range, choices) before any work starts, from the command line and from the file alike; config
+values are never coerced (``epochs = 1.5`` or ``epochs = true`` are errors, not 1). The settings
+are stored in the attrs of every result written, so a result says how it was made.
 
 A run directory (``pyrobust train --out runs/vae``) holds ``model.pt`` (weights + JSON config,
-loaded safely), ``run.json`` (the training settings, which also fix the data split) and
-``history.nc``. The query subcommands take ``--run DIR`` and write DataTree files into it.
+loaded safely), ``run.json`` (the training settings, which also fix the data split, and the
+SHA-256 of ``model.pt``) and ``history.nc``. It is written into a temporary sibling directory and
+moved into place in one rename, so a killed run never leaves a mixed run directory. The query
+subcommands take ``--run DIR`` and write DataTree files into it; an existing result is replaced
+only with ``--force``.
+
+Bad input exits with status 2 and a one-line message on stderr; ``--debug`` shows the traceback.
+Progress goes to stderr: tqdm bars on a terminal, :mod:`logging` records otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
+import hashlib
 import json
+import logging
+import math
+import os
+import shutil
 import sys
+import tempfile
 import time
 import tomllib
 import types
@@ -25,9 +40,41 @@ from pathlib import Path
 
 __all__ = ["main"]
 
+log = logging.getLogger("pyrobust.cli")
 
-def _opt(default, help: str, **kwargs):
-    return field(default=default, metadata={"help": help, **kwargs})
+#: Choices of the string settings. They mirror ``pyrobust.analysis.experiment`` (tests check
+#: that they agree); kept here so that ``pyrobust --help`` needs no torch import.
+DATASETS = ("digits", "dsprites")
+ARCHS = ("mlp", "conv", "burgess", "lipschitz")
+LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian", "laplace")
+OBJECTIVES = ("vae", "beta-vae", "beta-tcvae", "capacity", "dip-vae-i", "dip-vae-ii")
+
+#: Largest ``--threads``: more than a few threads per core only slows torch down, and huge
+#: values crash its thread pool.
+MAX_THREADS_PER_CPU = 4
+#: ``pyro.set_rng_seed`` seeds numpy, whose seeds are 32-bit.
+MAX_SEED = 2**32 - 1
+RESULT_SUFFIXES = (".nc", ".nc4", ".netcdf", ".h5", ".hdf5", ".zarr")
+
+
+def _opt(
+    default,
+    help: str,
+    *,
+    check: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    shown: str | None = None,
+    required: bool = False,
+    positional: bool = False,
+):
+    """A settings field: its flag's help, value check and the default as ``--help`` shows it.
+
+    ``check`` is one of ``"positive"`` (> 0), ``"nonneg"`` (>= 0), ``"unit"`` (in (0, 1)),
+    ``"seed"``, ``"threads"``; ``shown`` replaces the default in ``--help`` (e.g. for ``None``).
+    """
+    meta = {"help": help, "check": check, "choices": choices, "shown": shown}
+    meta.update(required=required, positional=positional)
+    return field(default=default, metadata=meta)
 
 
 # --------------------------------------------------------------------------------------------
@@ -35,87 +82,137 @@ def _opt(default, help: str, **kwargs):
 # --------------------------------------------------------------------------------------------
 @dataclass
 class Common:
-    device: str | None = _opt(None, "torch device, e.g. cpu or cuda (default: cpu)")
-    seed: int = _opt(0, "seed of every random choice (same seed, same result)")
-    threads: int | None = _opt(None, "torch CPU threads (default: torch's choice)")
+    device: str | None = _opt(None, "torch device: cpu, cuda, cuda:N or mps", shown="cpu")
+    seed: int = _opt(0, "seed of every random choice (same seed, same bits)", check="seed")
+    threads: int | None = _opt(
+        None, "torch CPU threads (1 to 4 per CPU core)", check="threads", shown="torch's choice"
+    )
 
 
 @dataclass
 class DemoConfig(Common):
-    out: str = _opt("pyrobust-demo", "directory for the demo's results")
-    epochs: int = _opt(40, "training epochs of the demo VAE")
-    r: float = _opt(1.0, "radius r of r-robustness (l2 distance between reconstructions)")
+    out: str = _opt("pyrobust-demo", "directory for the demo's results (replaced files)")
+    epochs: int = _opt(40, "training epochs of the demo VAE", check="positive")
+    r: float = _opt(
+        1.0, "radius r of r-robustness (l2 distance between reconstructions)", check="positive"
+    )
 
 
 @dataclass
 class TrainConfig(Common):
     out: str = _opt("runs/model", "run directory to create (model.pt, run.json, history.nc)")
-    dataset: str = _opt("digits", "digits (scikit-learn, 8x8) or dsprites (procedural, 64x64)")
-    n: int | None = _opt(None, "number of images (dsprites default 10000; digits all 1797)")
-    arch: str = _opt("mlp", "network: mlp, conv, burgess (64x64 only) or lipschitz ([BAR])")
-    lipschitz: float = _opt(5.0, "Lipschitz constant of each lipschitz-arch network")
-    latent_dim: int = _opt(8, "latent dimension")
-    hidden: list[int] = _opt((256,), "hidden widths of mlp nets, comma separated")
-    likelihood: str = _opt("bernoulli", "bernoulli, continuous_bernoulli, gaussian or laplace")
-    objective: str = _opt("vae", "vae, beta-vae, beta-tcvae, capacity, dip-vae-i, dip-vae-ii")
-    beta: float = _opt(1.0, "disentangling weight of the objective")
-    epochs: int = _opt(30, "training epochs")
-    batch_size: int = _opt(64, "minibatch size")
-    lr: float = _opt(2e-3, "Adam learning rate")
+    force: bool = _opt(False, "replace an existing run directory (and the results in it)")
+    dataset: str = _opt(
+        "digits", "scikit-learn digits (8x8) or procedural dSprites (64x64)", choices=DATASETS
+    )
+    n: int | None = _opt(
+        None, "number of images", check="positive", shown="dsprites 10000, digits all 1797"
+    )
+    arch: str = _opt("mlp", "network (burgess: 64x64 only; lipschitz: [BAR] nets)", choices=ARCHS)
+    lipschitz: float = _opt(
+        5.0, "Lipschitz constant of each lipschitz-arch network", check="positive"
+    )
+    latent_dim: int = _opt(8, "latent dimension", check="positive")
+    hidden: list[int] = _opt((256,), "hidden widths of mlp nets, comma separated", check="positive")
+    likelihood: str = _opt("bernoulli", "likelihood of the pixels", choices=LIKELIHOODS)
+    objective: str = _opt("vae", "training objective", choices=OBJECTIVES)
+    beta: float = _opt(1.0, "disentangling weight of the objective", check="positive")
+    epochs: int = _opt(30, "training epochs (with --resume: the total)", check="positive")
+    batch_size: int = _opt(64, "minibatch size", check="positive")
+    lr: float = _opt(2e-3, "Adam learning rate", check="positive")
+    checkpoint_dir: str | None = _opt(
+        None, "write last.pt/best.pt checkpoints here every epoch", shown="no checkpoints"
+    )
+    resume: bool = _opt(False, "continue from CHECKPOINT_DIR/last.pt (same settings)")
 
 
 @dataclass
 class QueryConfig(Common):
     run: str = _opt(None, "run directory written by `pyrobust train`", required=True)
-    n_inputs: int = _opt(16, "number of test inputs to query (the first ones of the test split)")
-    out: str | None = _opt(None, "output file (default: RUN/<subcommand>.nc)")
+    n_inputs: int = _opt(
+        16, "number of test inputs to query (the first of the test split)", check="positive"
+    )
+    out: str | None = _opt(None, "output file (.nc or .zarr)", shown="RUN/<command>.nc")
+    force: bool = _opt(False, "replace an existing output file")
 
 
 @dataclass
 class RobustnessConfig(QueryConfig):
-    r: list[float] = _opt((1.0,), "radius or radii r, comma separated")
-    eps: list[float] | None = _opt(None, "perturbation sizes for a robustness curve")
-    family: str = _opt("sphere", "random perturbation family for --eps: gaussian, sphere, linf")
-    num_samples: int = _opt(1000, "encoder-noise draws per input")
-    reference: str = _opt("mean", "mean (ball around g(mu(x)), [CAM]) or sample ([BAR])")
-    confidence: float = _opt(0.95, "level of the Clopper-Pearson intervals")
+    r: list[float] = _opt((1.0,), "radius or radii r, comma separated", check="positive")
+    eps: list[float] | None = _opt(
+        None, "perturbation sizes for a robustness curve", check="nonneg", shown="no perturbation"
+    )
+    family: str = _opt(
+        "sphere", "random perturbation family for --eps", choices=("gaussian", "sphere", "linf")
+    )
+    num_samples: int = _opt(1000, "encoder-noise draws per input", check="positive")
+    reference: str = _opt(
+        "mean",
+        "ball around g(mu(x)) ([CAM]) or a sampled reconstruction ([BAR])",
+        choices=("mean", "sample"),
+    )
+    confidence: float = _opt(0.95, "level of the Clopper-Pearson intervals", check="unit")
 
 
 @dataclass
 class MarginConfig(QueryConfig):
-    r: float = _opt(1.0, "radius r")
-    num_samples: int = _opt(1000, "encoder-noise draws for p_A")
-    norm: str = _opt("frobenius", "Jacobian norm: frobenius ([CAM]) or spectral (tighter)")
-    confidence: float | None = _opt(None, "use the one-sided lower bound of p_A at this level")
+    r: float = _opt(1.0, "radius r", check="positive")
+    num_samples: int = _opt(1000, "encoder-noise draws for p_A", check="positive")
+    norm: str = _opt(
+        "frobenius",
+        "Jacobian norm: frobenius ([CAM]) or spectral (tighter)",
+        choices=("frobenius", "spectral"),
+    )
+    confidence: float | None = _opt(
+        None,
+        "use the one-sided lower bound of p_A at this level",
+        check="unit",
+        shown="the point estimate",
+    )
 
 
 @dataclass
 class AttackConfig(QueryConfig):
-    eps: list[float] = _opt((0.5,), "attack budgets, comma separated")
-    norm: str = _opt("l2", "l2 or linf")
-    steps: int = _opt(100, "gradient steps")
-    restarts: int = _opt(4, "random restarts")
-    r: float | None = _opt(None, "also estimate r-robustness at the attacked inputs")
-    empirical: bool = _opt(False, "also find the empirical margin at radius --r by bisection")
+    eps: list[float] = _opt((0.5,), "attack budgets, comma separated", check="positive")
+    norm: str = _opt("l2", "norm of the attack budget", choices=("l2", "linf"))
+    steps: int = _opt(100, "gradient steps", check="positive")
+    restarts: int = _opt(4, "random restarts", check="positive")
+    r: float | None = _opt(
+        None, "also estimate r-robustness at the attacked inputs", check="positive", shown="none"
+    )
+    empirical: bool = _opt(False, "instead find the empirical margin at radius --r by bisection")
 
 
 @dataclass
 class CertifyConfig(QueryConfig):
-    r: float = _opt(1.0, "radius r")
-    a: float | None = _opt(None, "decoder Lipschitz constant (default: read from the model)")
-    b: float | None = _opt(None, "encoder-mean Lipschitz constant (default: from the model)")
-    c: float | None = _opt(None, "encoder-std Lipschitz constant (default: from the model)")
+    r: float = _opt(1.0, "radius r", check="positive")
+    a: float | None = _opt(
+        None, "decoder Lipschitz constant", check="positive", shown="read from the model"
+    )
+    b: float | None = _opt(
+        None, "encoder-mean Lipschitz constant", check="positive", shown="read from the model"
+    )
+    c: float | None = _opt(
+        None, "encoder-std Lipschitz constant", check="positive", shown="read from the model"
+    )
 
 
 @dataclass
 class MetricsConfig(QueryConfig):
-    n_inputs: int = _opt(2000, "number of test inputs used for MIG, SAP and DCI")
-    num_bootstrap: int = _opt(20, "bootstrap replicates of the intervals (0: none)")
+    n_inputs: int | None = _opt(
+        None,
+        "number of test inputs used for MIG, SAP and DCI",
+        check="positive",
+        shown="the test split, at most 2000",
+    )
+    num_bootstrap: int = _opt(20, "bootstrap replicates of the intervals (0: none)", check="nonneg")
 
 
 @dataclass
-class ReportConfig(Common):
-    inputs: list[str] = _opt(None, "result files (.nc) or run directories", positional=True)
+class ReportConfig:
+    inputs: list[str] = _opt(
+        None, "result files (.nc) or run directories", required=True, positional=True
+    )
     out: str = _opt("pyrobust-report", "directory of the HTML report")
 
 
@@ -123,9 +220,13 @@ class ReportConfig(Common):
 class ReproduceConfig(Common):
     out: str = _opt("pyrobust-reproduce", "directory for the reproduction's results")
     quick: bool = _opt(False, "tiny scale (for tests and a first look)")
-    datasets: list[str] = _opt(("digits", "dsprites"), "datasets, comma separated")
-    objectives: list[str] = _opt(("vae", "beta-vae", "beta-tcvae"), "objectives")
-    betas: list[float] | None = _opt(None, "beta values (default 1,2,4,8,16; --quick: 1,4)")
+    datasets: list[str] = _opt(DATASETS, "datasets, comma separated", choices=DATASETS)
+    objectives: list[str] = _opt(
+        ("vae", "beta-vae", "beta-tcvae"), "objectives, comma separated", choices=OBJECTIVES
+    )
+    betas: list[float] | None = _opt(
+        None, "beta values, comma separated", check="positive", shown="1,2,4,8,16; --quick: 1,4"
+    )
 
 
 COMMANDS: dict[str, tuple[type, str]] = {
@@ -144,6 +245,24 @@ COMMANDS: dict[str, tuple[type, str]] = {
 # --------------------------------------------------------------------------------------------
 # parsing: dataclass fields <-> flags <-> config file
 # --------------------------------------------------------------------------------------------
+class UsageError(ValueError):
+    """A bad command line (argparse's errors, raised instead of printing the usage)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pyrobust")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0+unknown"
+
+
 def _base_type(tp):
     """(scalar type, is_list) of a field annotation such as ``list[float] | None``."""
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
@@ -154,55 +273,159 @@ def _base_type(tp):
     return tp, False
 
 
-def _convert(value, tp, name: str):
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def _parse_scalar(text: str, scalar: type):
+    """A flag's text as ``scalar`` (int, float or str); raises ArgumentTypeError."""
+    if scalar is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if scalar is float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        return value
+    return text
+
+
+def _flag_type(scalar: type, is_list: bool):
+    def parse(text: str):
+        if not is_list:
+            return _parse_scalar(text, scalar)
+        items = [t.strip() for t in text.split(",")]
+        if any(not t for t in items):
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        return [_parse_scalar(t, scalar) for t in items]
+
+    parse.__name__ = f"list of {scalar.__name__}" if is_list else scalar.__name__
+    return parse
+
+
+def _check_value(value, scalar: type, name: str, meta) -> None:
+    """Type and range of one (scalar) setting value, as it came (never coerced)."""
+    where = f"setting {name!r} ({_flag(name)})"
+    if scalar is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{where} must be true or false; got {value!r}.")
+        return
+    if scalar is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise TypeError(f"{where} must be an integer; got {value!r} ({type(value).__name__}).")
+    if scalar is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{where} must be a number; got {value!r} ({type(value).__name__}).")
+        if not math.isfinite(value):
+            raise ValueError(f"{where} must be finite; got {value!r}.")
+    if scalar is str and not isinstance(value, str):
+        raise TypeError(f"{where} must be a string; got {value!r} ({type(value).__name__}).")
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ValueError(f"{where} must be one of {list(choices)}; got {value!r}.")
+    check = meta.get("check")
+    if check == "positive" and not value > 0:
+        raise ValueError(f"{where} must be positive; got {value!r}.")
+    if check == "nonneg" and not value >= 0:
+        raise ValueError(f"{where} must be >= 0; got {value!r}.")
+    if check == "unit" and not 0 < value < 1:
+        raise ValueError(f"{where} must lie strictly between 0 and 1; got {value!r}.")
+    if check == "seed" and not 0 <= value <= MAX_SEED:
+        raise ValueError(f"{where} must be an integer in [0, 2**32 - 1]; got {value!r}.")
+    if check == "threads":
+        top = MAX_THREADS_PER_CPU * (os.cpu_count() or 1)
+        if not 1 <= value <= top:
+            raise ValueError(
+                f"{where} must be between 1 and {top} ({MAX_THREADS_PER_CPU} per CPU core of "
+                f"this machine); got {value!r}."
+            )
+
+
+def _check_field(value, tp, name: str, meta):
+    """Check one setting of any annotation; lists come as lists (flags are parsed before)."""
     scalar, is_list = _base_type(tp)
     if value is None:
+        if tp is not None and type(None) not in typing.get_args(tp):
+            raise TypeError(f"setting {name!r} ({_flag(name)}) must not be empty.")
         return None
     if is_list:
-        items = value.split(",") if isinstance(value, str) else list(value)
-        return [_convert(v.strip() if isinstance(v, str) else v, scalar, name) for v in items]
-    if scalar is bool:
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"setting {name!r} must be true or false; got {value!r}.")
-    try:
-        return scalar(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"setting {name!r} must be a {scalar.__name__}; got {value!r}.") from None
+        if not isinstance(value, list | tuple):
+            example = "[16, 32]" if scalar is int else "[1.0, 2.0]" if scalar is float else '["a"]'
+            raise TypeError(
+                f"setting {name!r} ({_flag(name)}) must be a list, e.g. {name} = {example} in a "
+                f"config file or {_flag(name)} A,B on the command line; got {value!r}."
+            )
+        if not value:
+            raise ValueError(f"setting {name!r} ({_flag(name)}) must not be an empty list.")
+        for item in value:
+            _check_value(item, scalar, name, meta)
+        return list(value)
+    _check_value(value, scalar, name, meta)
+    return value
 
 
-def _add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+def _add_flags(parser: argparse.ArgumentParser, cls: type, from_config: set[str]) -> None:
     hints = typing.get_type_hints(cls)
+    required = parser.add_argument_group("required settings (flag or --config)")
     for f in dataclasses.fields(cls):
         scalar, is_list = _base_type(hints[f.name])
         meta = f.metadata
-        default = f.default if not isinstance(f.default, tuple) else ",".join(map(str, f.default))
-        help_text = f"{meta['help']} (default: {default})"
-        if meta.get("positional"):
-            parser.add_argument(f.name, nargs="*", default=argparse.SUPPRESS, help=meta["help"])
-        elif scalar is bool:
-            parser.add_argument(
-                f"--{f.name.replace('_', '-')}",
-                dest=f.name,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
+        needed = meta["required"] and f.name not in from_config
+        if meta["shown"] is not None:
+            default = meta["shown"]
+        elif isinstance(f.default, tuple):
+            default = ",".join(map(str, f.default))
         else:
+            default = f.default
+        help_text = meta["help"] if meta["required"] else f"{meta['help']} (default: {default})"
+        if meta["positional"]:
             parser.add_argument(
-                f"--{f.name.replace('_', '-')}",
-                dest=f.name,
+                f.name,
+                nargs="+" if needed else "*",
                 default=argparse.SUPPRESS,
-                metavar=("A,B,..." if is_list else scalar.__name__.upper()),
-                help=help_text,
+                help=meta["help"],
             )
+            continue
+        kwargs = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
+        if scalar is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = _flag_type(scalar, is_list)
+            if meta["choices"] and not is_list:
+                kwargs["choices"] = meta["choices"]
+            elif meta["choices"]:
+                kwargs["metavar"] = "{" + ",".join(meta["choices"]) + "},..."
+            else:
+                kwargs["metavar"] = "A,B,..." if is_list else f.name.upper()
+        group = required if needed else parser
+        group.add_argument(_flag(f.name), required=needed, **kwargs)
+
+
+def _config_path(argv: list[str]) -> str | None:
+    """The value of ``--config`` in ``argv`` (read before parsing: it supplies defaults)."""
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def _read_config(path: str, command: str) -> dict:
+    """The settings of ``command`` in the TOML/YAML file ``path`` (flat keys and its table)."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"--config {path}: no such file.")
-    text = p.read_text()
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"--config {path}: cannot read the file ({err}).") from None
     if p.suffix in (".yaml", ".yml"):
         try:
             import yaml
@@ -211,156 +434,520 @@ def _read_config(path: str, command: str) -> dict:
                 f"--config {path}: reading YAML needs PyYAML (pip install pyyaml); "
                 "or write the file as TOML."
             ) from None
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or type(err).__name__
+            raise ValueError(f"--config {path}: not valid YAML{where}: {problem}.") from None
+        except RecursionError:
+            raise ValueError(f"--config {path}: nested too deeply to be a settings file.") from None
+        data = {} if data is None else data
     else:
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
             raise ValueError(f"--config {path}: not valid TOML ({err}).") from None
+        except RecursionError:
+            raise ValueError(f"--config {path}: nested too deeply to be a settings file.") from None
     if not isinstance(data, dict):
         raise ValueError(
             f"--config {path}: expected a table of settings; got {type(data).__name__}."
         )
+    tables = {k for k, v in data.items() if isinstance(v, dict)}
+    unknown = sorted(str(k) for k in tables - set(COMMANDS))
+    if unknown:
+        raise ValueError(
+            f"--config {path}: unknown table(s) {unknown}; tables are named after commands "
+            f"({sorted(COMMANDS)})."
+        )
     section = data.get(command, {})
-    flat = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    flat = {k: v for k, v in data.items() if k not in tables}
     return {**flat, **section}
 
 
 def make_config(command: str, values: dict):
-    """Build the settings dataclass of ``command`` from a dict, checking names and types."""
+    """Build the settings dataclass of ``command`` from a dict, checking names, types and ranges.
+
+    Values are taken as they are (a config file's ``epochs = 1.5`` is refused, not rounded);
+    flags arrive already parsed by their argparse ``type``.
+    """
     cls = COMMANDS[command][0]
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(str(k) for k in set(values) - set(fields))
     if unknown:
         raise ValueError(
-            f"unknown setting(s) {unknown} for `pyrobust {command}`; valid: {sorted(names)}."
+            f"unknown setting(s) {unknown} for `pyrobust {command}`; valid: {sorted(fields)}."
         )
-    kwargs = {k: _convert(v, hints[k], k) for k, v in values.items()}
-    for f in dataclasses.fields(cls):
-        if f.metadata.get("required") and kwargs.get(f.name, f.default) is None:
-            raise ValueError(f"`pyrobust {command}` needs --{f.name.replace('_', '-')}.")
-        if f.metadata.get("positional") and not kwargs.get(f.name):
-            raise ValueError(f"`pyrobust {command}` needs at least one of {f.name}.")
+    kwargs = {k: _check_field(v, hints[k], k, fields[k].metadata) for k, v in values.items()}
+    for f in fields.values():
+        if f.metadata["required"] and kwargs.get(f.name) is None:
+            raise ValueError(f"`pyrobust {command}` needs {_flag(f.name)}.")
         if f.name not in kwargs and isinstance(f.default, tuple):
             kwargs[f.name] = list(f.default)
     return cls(**kwargs)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser(command_from_config: dict[str, set[str]] | None = None) -> argparse.ArgumentParser:
+    """The argument parser; settings found in a config file are not required as flags."""
+    from_config = command_from_config or {}
+    parser = _Parser(
         prog="pyrobust",
         description="Robustness of variational autoencoders as queries on Pyro models.",
         epilog="Run `pyrobust COMMAND --help` for each command's settings.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (cls, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--config", help="TOML (or YAML) file of settings; flags override it")
         p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-        _add_flags(p, cls)
+        _add_flags(p, cls, from_config.get(name, set()))
     return parser
 
 
 # --------------------------------------------------------------------------------------------
-# commands
+# checks and set-up before any work
 # --------------------------------------------------------------------------------------------
 def _device(cfg):
+    """The checked torch device of ``cfg`` (``--threads`` applied)."""
     import torch
 
     if cfg.threads is not None:
-        if cfg.threads < 1:
-            raise ValueError(f"--threads must be >= 1; got {cfg.threads}.")
         torch.set_num_threads(cfg.threads)
     if cfg.device is None:
         return torch.device("cpu")
-    dev = torch.device(cfg.device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {cfg.device}: CUDA is not available on this machine.")
+    try:
+        dev = torch.device(cfg.device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(
+            f"--device {cfg.device!r} is not a device; use cpu, cuda, cuda:N or mps."
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--device {cfg.device}: CUDA is not available on this machine; use --device cpu."
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(
+                f"--device {cfg.device}: this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1}."
+            )
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {cfg.device}: MPS is not available on this machine.")
+    elif dev.type != "cpu":
+        raise ValueError(
+            f"--device {cfg.device}: pyrobust runs on cpu, cuda, cuda:N or mps; got a "
+            f"{dev.type!r} device."
+        )
     return dev
+
+
+def _seed(seed: int) -> None:
+    """Seed Python, numpy and torch (``pyro.set_rng_seed``): same seed, same bits."""
+    import pyro
+
+    pyro.set_rng_seed(seed)
 
 
 def _settings(cfg) -> dict:
     return {"cli_command": type(cfg).__name__, **dataclasses.asdict(cfg)}
 
 
-def _save(tree, path: Path, cfg) -> Path:
-    from pyrobust.analysis import save
+def _check_new_dir(path: Path, flag: str) -> None:
+    """``path`` can be a directory: not a file, and its parents are creatable."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path}: exists and is not a directory; choose another path.")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path}: {parent} is a file, not a directory.")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"{flag} {path}: the directory {parent} is not writable.")
 
-    tree.attrs["cli_settings"] = json.dumps(_settings(cfg))
-    out = save(tree, path)
-    print(f"wrote {out}")
+
+def _make_dir(path: Path, flag: str) -> Path:
+    _check_new_dir(path, flag)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"{flag} {path}: cannot create the directory ({err.strerror}).") from None
+    return path
+
+
+def _result_path(cfg: QueryConfig, name: str) -> Path:
+    """The checked output file of a query; its directory is created, nothing is overwritten."""
+    out = Path(cfg.out) if cfg.out else Path(cfg.run) / f"{name}.nc"
+    flag = "--out" if cfg.out else f"--run {cfg.run}:"
+    if out.is_dir() and out.suffix.lower() != ".zarr":
+        raise ValueError(f"--out {out}: is a directory; give a file name such as {name}.nc.")
+    if out.suffix.lower() not in RESULT_SUFFIXES:
+        raise ValueError(
+            f"--out {out}: a result file needs one of the extensions {list(RESULT_SUFFIXES)}."
+        )
+    if out.exists() and not cfg.force:
+        raise ValueError(f"{flag} {out} exists; pass --force to replace it, or --out another file.")
+    _make_dir(out.parent, "--out")
     return out
 
 
+def _save(tree, path: Path, cfg, identity: dict | None = None, quiet: bool = False) -> Path:
+    from pyrobust._results import encode_attrs
+    from pyrobust.analysis import save
+
+    tree.attrs["cli_settings"] = json.dumps(_settings(cfg))
+    for key, value in encode_attrs(identity or {}).items():
+        tree.attrs.setdefault(key, value)
+    out = save(tree, path)
+    if not quiet:
+        print(f"wrote {out}")
+    return out
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# train: a run directory written aside and moved into place
+# --------------------------------------------------------------------------------------------
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def _clean_stale(final: Path) -> None:
+    """Remove the temp dirs of earlier ``train`` runs into ``final`` that were killed."""
+    for p in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+        parts = p.name[len(final.name) + 2 :].split(".")
+        if parts and parts[0].isdigit() and not _pid_alive(int(parts[0])):
+            shutil.rmtree(p, ignore_errors=True)
+            log.info("removed %s, left by a killed run", p)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False if unable."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _install_run(staging: Path, final: Path) -> None:
+    """Move the complete run in ``staging`` to ``final``: at every instant ``final`` is either
+    the old run or the new one, never a mix (a replaced old run ends in ``staging``)."""
+    if not final.exists():
+        os.rename(staging, final)
+        return
+    if not _exchange(staging, final):
+        # Without an atomic exchange: move the old run aside (same temp-name pattern, so a
+        # kill between the renames leaves it recoverable and cleaned later), then move in.
+        aside = Path(
+            tempfile.mkdtemp(
+                prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp", dir=final.parent
+            )
+        )
+        os.rename(final, aside / "old")
+        os.rename(staging, final)
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+#: Settings that may differ between a run and its resumption.
+_RESUMABLE = {"epochs", "out", "force", "checkpoint_dir", "resume", "threads", "device"}
+
+
+def _check_resume(cfg: TrainConfig, ckpt: Path) -> None:
+    """Record the run's settings in ``ckpt``; on ``--resume``, refuse different ones."""
+    record = ckpt / "train.json"
+    mine = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RESUMABLE}
+    if cfg.resume and record.is_file():
+        try:
+            saved = json.loads(record.read_text())
+        except (OSError, ValueError, RecursionError) as err:
+            raise ValueError(
+                f"--checkpoint-dir {ckpt}: train.json is damaged ({err}); start fresh without "
+                "--resume, or use another --checkpoint-dir."
+            ) from None
+        if not isinstance(saved, dict):
+            raise ValueError(f"--checkpoint-dir {ckpt}: train.json is not a table of settings.")
+        diff = [k for k in mine if k in saved and saved[k] != mine[k]]
+        if diff:
+            detail = ", ".join(f"{_flag(k)} {saved[k]!r} there, {mine[k]!r} now" for k in diff)
+            raise ValueError(
+                f"--resume: the checkpoints in {ckpt} are of another run ({detail}); pass the "
+                "same settings (only --epochs may grow), or start fresh without --resume."
+            )
+    elif not cfg.resume and (ckpt / "last.pt").exists():
+        raise ValueError(
+            f"--checkpoint-dir {ckpt} holds the checkpoints of an earlier run; pass --resume to "
+            "continue it, or choose an empty --checkpoint-dir."
+        )
+    record.write_text(json.dumps(mine, indent=2))
+
+
 def cmd_train(cfg: TrainConfig) -> None:
-    from pyrobust.analysis.experiment import build_vae, load_dataset, make_objective
+    from pyrobust.analysis.experiment import build_vae, check_dataset, load_dataset, make_objective
     from pyrobust.inference import fit
     from pyrobust.models import save_model
 
-    out = Path(cfg.out)
     dev = _device(cfg)
-    split = load_dataset(cfg.dataset, n=cfg.n, seed=cfg.seed, device=dev)
-    vae = build_vae(
-        split.input_shape,
-        arch=cfg.arch,
-        latent_dim=cfg.latent_dim,
-        hidden=cfg.hidden,
-        likelihood=cfg.likelihood,
-        lipschitz=cfg.lipschitz,
+    try:
+        check_dataset(cfg.dataset, cfg.n)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"--n {cfg.n}: {err}") from None
+    final = Path(cfg.out)
+    _check_new_dir(final, "--out")
+    if final.exists() and any(final.iterdir()) and not cfg.force:
+        raise ValueError(
+            f"--out {final} exists; pass --force to replace that run (and the results in it), "
+            "or choose another --out."
+        )
+    if cfg.resume and cfg.checkpoint_dir is None:
+        raise ValueError("--resume needs --checkpoint-dir (the directory holding last.pt).")
+    ckpt = None
+    if cfg.checkpoint_dir is not None:
+        inside = Path(cfg.checkpoint_dir).resolve()
+        if inside == final.resolve() or final.resolve() in inside.parents:
+            raise ValueError(
+                f"--checkpoint-dir {cfg.checkpoint_dir} lies inside --out {final}, which a new run "
+                "replaces as a whole; put the checkpoints beside it (e.g. "
+                f"{final.parent / (final.name + '-checkpoints')})."
+            )
+        ckpt = _make_dir(Path(cfg.checkpoint_dir), "--checkpoint-dir")
+        _check_resume(cfg, ckpt)
+    _make_dir(final.parent, "--out")
+    _clean_stale(final)
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp", dir=final.parent)
     )
-    steps = cfg.epochs * -(-split.train.shape[0] // cfg.batch_size)
-    elbo = make_objective(
-        cfg.objective, beta=cfg.beta, dataset_size=split.train.shape[0], total_steps=steps
-    )
-    history = fit(
-        vae,
-        split.train,
-        elbo=elbo,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        val_data=split.test,
-        device=dev,
-        seed=cfg.seed,
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    save_model(vae, out / "model.pt")
-    (out / "run.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-    _save(history, out / "history.nc", cfg)
-    print(f"wrote {out / 'model.pt'}")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0o700 would become the run directory's mode
+    try:
+        split = load_dataset(cfg.dataset, n=cfg.n, seed=cfg.seed, device=dev)
+        _seed(cfg.seed)  # the initial weights: same seed, same network
+        vae = build_vae(
+            split.input_shape,
+            arch=cfg.arch,
+            latent_dim=cfg.latent_dim,
+            hidden=cfg.hidden,
+            likelihood=cfg.likelihood,
+            lipschitz=cfg.lipschitz,
+        )
+        if split.train.shape[0] < cfg.batch_size:
+            log.info(
+                "--batch-size %d exceeds the %d training images: one batch per epoch",
+                cfg.batch_size,
+                split.train.shape[0],
+            )
+        steps = cfg.epochs * -(-split.train.shape[0] // cfg.batch_size)
+        elbo = make_objective(
+            cfg.objective, beta=cfg.beta, dataset_size=split.train.shape[0], total_steps=steps
+        )
+        log.info(
+            "training %s (%s, %s) on %d %s images for %d epochs",
+            cfg.objective,
+            cfg.arch,
+            cfg.likelihood,
+            split.train.shape[0],
+            cfg.dataset,
+            cfg.epochs,
+        )
+        history = fit(
+            vae,
+            split.train,
+            elbo=elbo,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            val_data=split.test,
+            device=dev,
+            seed=cfg.seed,
+            checkpoint_dir=ckpt,
+            resume=cfg.resume,
+            progress=_on_terminal(),
+        )
+        _log_epochs(history)
+        save_model(vae, staging / "model.pt")
+        record = {**dataclasses.asdict(cfg), "model_sha256": _sha256(staging / "model.pt")}
+        (staging / "run.json").write_text(json.dumps(record, indent=2))
+        _save(history, staging / "history.nc", cfg, {"run_dir": str(final.resolve())}, quiet=True)
+        _install_run(staging, final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    print(f"wrote {final / 'model.pt'}, {final / 'run.json'}, {final / 'history.nc'}")
 
 
-def _load_run(cfg: QueryConfig):
-    """The trained VAE of ``cfg.run``, the run's settings and the first test inputs."""
-    from pyrobust.analysis.experiment import load_dataset
-    from pyrobust.models import load_model
+def _log_epochs(history) -> None:
+    if _on_terminal():
+        return
+    hist = history["history"]
+    for name in ("train_loss", "val_loss"):
+        if name in hist and hist[name].size:
+            log.info(
+                "%s per image by epoch: %s", name, " ".join(f"{v:.4g}" for v in hist[name].values)
+            )
 
+
+# --------------------------------------------------------------------------------------------
+# queries
+# --------------------------------------------------------------------------------------------
+def _read_run_json(run: Path) -> dict:
+    """The training settings in ``run/run.json``, checked; errors name the file and the fault."""
+    path = run / "run.json"
+    fix = f"re-create the run with `pyrobust train --out {run} --force`"
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"--run {run}: cannot read run.json ({err}); {fix}.") from None
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise ValueError(f"--run {run}: run.json is damaged, not JSON ({err}); {fix}.") from None
+    except RecursionError:
+        raise ValueError(f"--run {run}: run.json is damaged, nested too deeply; {fix}.") from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"--run {run}: run.json is damaged: expected a table of training settings, got "
+            f"{type(data).__name__}; {fix}."
+        )
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    try:
+        cfg = make_config("train", {k: v for k, v in data.items() if k in known})
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"--run {run}: run.json is damaged: {err} {fix}.") from None
+    settings = dataclasses.asdict(cfg)
+    digest = data.get("model_sha256")
+    if digest is not None and not isinstance(digest, str):
+        raise ValueError(f"--run {run}: run.json is damaged: model_sha256 is not a string; {fix}.")
+    settings["model_sha256"] = digest
+    return settings
+
+
+def _check_run(cfg: QueryConfig) -> dict:
+    """The checked training settings of ``cfg.run`` (nothing is loaded or written)."""
     run = Path(cfg.run)
     if not (run / "model.pt").is_file() or not (run / "run.json").is_file():
         raise FileNotFoundError(
             f"--run {run}: expected a run directory with model.pt and run.json, as written by "
             "`pyrobust train --out DIR`."
         )
-    train_cfg = json.loads((run / "run.json").read_text())
+    train_cfg = _read_run_json(run)
+    digest = train_cfg["model_sha256"]
+    if digest is not None and _sha256(run / "model.pt") != digest:
+        raise ValueError(
+            f"--run {run}: model.pt is not the model that run.json describes (its SHA-256 "
+            f"differs): the directory mixes two runs; re-create it with `pyrobust train --out "
+            f"{run} --force`."
+        )
+    return train_cfg
+
+
+def _prepare(cfg: QueryConfig, name: str, needs_factors: bool = False):
+    """Check the run and the output, then load: (vae, training settings, split, output path)."""
+    from pyrobust.analysis.experiment import load_dataset
+    from pyrobust.models import load_model
+
+    train_cfg = _check_run(cfg)
+    if needs_factors and train_cfg["dataset"] != "dsprites":
+        raise ValueError(
+            f"--run {cfg.run} was trained on {train_cfg['dataset']!r}, which has no ground-truth "
+            "factors; disentanglement metrics need a dsprites run."
+        )
+    out = _result_path(cfg, name)
     dev = _device(cfg)
-    vae = load_model(run / "model.pt", map_location=dev)
+    vae = load_model(Path(cfg.run) / "model.pt", map_location=dev)
     vae.eval()
-    split = load_dataset(
-        train_cfg["dataset"], n=train_cfg.get("n"), seed=train_cfg["seed"], device=dev
+    split = load_dataset(train_cfg["dataset"], n=train_cfg["n"], seed=train_cfg["seed"], device=dev)
+    return vae, train_cfg, split, out
+
+
+def _inputs(cfg: QueryConfig, split, n: int | None = None):
+    n = cfg.n_inputs if n is None else n
+    available = split.test.shape[0]
+    if n > available:
+        raise ValueError(
+            f"--n-inputs {n} exceeds the {available} test inputs of run {cfg.run}; pass "
+            f"--n-inputs {available} or fewer."
+        )
+    return split.test[:n]
+
+
+def _identity(cfg: QueryConfig, train_cfg: dict) -> dict:
+    """What produced a query's model: the run directory, its weights' hash and objective."""
+    ident = {
+        "run_dir": str(Path(cfg.run).resolve()),
+        "objective": train_cfg["objective"],
+        "beta": train_cfg["beta"],
+    }
+    if train_cfg.get("model_sha256"):
+        ident["model_file_sha256"] = train_cfg["model_sha256"]
+    return ident
+
+
+def _decision_counts(rob):
+    """Inputs robust / not robust / undecided at each radius (and eps), as a DataFrame."""
+    import numpy as np
+    import pandas as pd
+
+    decision = rob["decision"]
+    if decision.dtype.kind in "iu":
+        values = decision.attrs.get("flag_values", [-1, 0, 1])
+        names = decision.attrs.get("flag_meanings", "not_robust undecided robust").split()
+        labels = {
+            int(v): n.replace("_", " ") for v, n in zip(np.atleast_1d(values), names, strict=False)
+        }
+    else:
+        labels = {s: s for s in ("robust", "not robust", "undecided")}
+    other = [d for d in decision.dims if d != "obs_id"]
+    counts = {name: (decision == value).sum("obs_id") for value, name in labels.items()}
+    table = pd.DataFrame(
+        {name: np.ravel(c.values) for name, c in counts.items()},
+        index=pd.MultiIndex.from_product([decision[d].values for d in other], names=other)
+        if other
+        else None,
     )
-    return vae, train_cfg, split
-
-
-def _out(cfg: QueryConfig, name: str) -> Path:
-    return Path(cfg.out) if cfg.out else Path(cfg.run) / f"{name}.nc"
+    order = [c for c in ("robust", "not robust", "undecided") if c in table.columns]
+    return table[order + [c for c in table.columns if c not in order]]
 
 
 def cmd_robustness(cfg: RobustnessConfig) -> None:
     from pyrobust.robustness import r_robustness
 
-    vae, _, split = _load_run(cfg)
-    x = split.test[: cfg.n_inputs]
+    vae, train_cfg, split, out = _prepare(cfg, "robustness")
+    x = _inputs(cfg, split)
+    log.info("r-robustness of %d inputs, %d draws each", x.shape[0], cfg.num_samples)
     tree = r_robustness(
         vae.model,
         vae.guide,
@@ -374,36 +961,47 @@ def cmd_robustness(cfg: RobustnessConfig) -> None:
         seed=cfg.seed,
     )
     rob = tree["robustness"].to_dataset()
-    print(rob[["probability", "ci_lower", "ci_upper", "degree"]].to_dataframe().head(20))
-    _save(tree, _out(cfg, "robustness"), cfg)
+    print(f"decisions (of {x.shape[0]} inputs) at the {cfg.confidence:g} level:")
+    print(_decision_counts(rob).to_string())
+    _save(tree, out, cfg, _identity(cfg, train_cfg))
 
 
 def cmd_margin(cfg: MarginConfig) -> None:
     from pyrobust.robustness import margin_bound
 
-    vae, _, split = _load_run(cfg)
+    vae, train_cfg, split, out = _prepare(cfg, "margin")
+    x = _inputs(cfg, split)
+    log.info("margin bound of %d inputs", x.shape[0])
     tree = margin_bound(
         vae.model,
         vae.guide,
-        split.test[: cfg.n_inputs],
+        x,
         r=cfg.r,
         num_samples=cfg.num_samples,
         norm=cfg.norm,
         confidence=cfg.confidence,
         seed=cfg.seed,
     )
-    print(tree["robustness"].to_dataset().to_dataframe().head(20))
-    _save(tree, _out(cfg, "margin"), cfg)
+    print(_table(tree["robustness"].to_dataset()))
+    _save(tree, out, cfg, _identity(cfg, train_cfg))
+
+
+def _table(ds, rows: int = 20) -> str:
+    """The first rows of a summary group's variables with at most two dims."""
+    small = [v for v in ds.data_vars if ds[v].ndim <= 2]
+    return ds[small].to_dataframe().head(rows).to_string()
 
 
 def cmd_attack(cfg: AttackConfig) -> None:
     from pyrobust.robustness import empirical_margin, max_damage_attack
 
-    vae, _, split = _load_run(cfg)
-    x = split.test[: cfg.n_inputs]
+    if cfg.empirical and cfg.r is None:
+        raise ValueError("--empirical needs the radius --r of r-robustness.")
+    name = "empirical_margin" if cfg.empirical else "attack"
+    vae, train_cfg, split, out = _prepare(cfg, name)
+    x = _inputs(cfg, split)
+    log.info("%s of %d inputs", name.replace("_", " "), x.shape[0])
     if cfg.empirical:
-        if cfg.r is None:
-            raise ValueError("--empirical needs the radius --r of r-robustness.")
         tree = empirical_margin(
             vae.model,
             vae.guide,
@@ -414,7 +1012,6 @@ def cmd_attack(cfg: AttackConfig) -> None:
             restarts=cfg.restarts,
             seed=cfg.seed,
         )
-        name = "empirical_margin"
     else:
         tree = max_damage_attack(
             vae.model,
@@ -427,21 +1024,18 @@ def cmd_attack(cfg: AttackConfig) -> None:
             r=cfg.r,
             seed=cfg.seed,
         )
-        name = "attack"
-    ds = tree["robustness"].to_dataset()
-    print(ds[[v for v in ds.data_vars if ds[v].ndim <= 2]].to_dataframe().head(20))
-    _save(tree, _out(cfg, name), cfg)
+    print(_table(tree["robustness"].to_dataset()))
+    _save(tree, out, cfg, _identity(cfg, train_cfg))
 
 
 def cmd_certify(cfg: CertifyConfig) -> None:
     from pyrobust.robustness import certified_margin
 
-    vae, _, split = _load_run(cfg)
-    tree = certified_margin(
-        vae.model, vae.guide, split.test[: cfg.n_inputs], r=cfg.r, a=cfg.a, b=cfg.b, c=cfg.c
-    )
-    print(tree["robustness"].to_dataset().to_dataframe().head(20))
-    _save(tree, _out(cfg, "certify"), cfg)
+    vae, train_cfg, split, out = _prepare(cfg, "certify")
+    x = _inputs(cfg, split)
+    tree = certified_margin(vae.model, vae.guide, x, r=cfg.r, a=cfg.a, b=cfg.b, c=cfg.c)
+    print(_table(tree["robustness"].to_dataset()))
+    _save(tree, out, cfg, _identity(cfg, train_cfg))
 
 
 def cmd_metrics(cfg: MetricsConfig) -> None:
@@ -449,18 +1043,16 @@ def cmd_metrics(cfg: MetricsConfig) -> None:
 
     from pyrobust.analysis.experiment import disentanglement
 
-    vae, train_cfg, split = _load_run(cfg)
-    if split.test_factors is None:
-        raise ValueError(
-            f"--run {cfg.run} was trained on {train_cfg['dataset']!r}, which has no ground-truth "
-            "factors; disentanglement metrics need a dsprites run."
-        )
+    vae, train_cfg, split, out = _prepare(cfg, "metrics", needs_factors=True)
+    n = min(2000, split.test.shape[0]) if cfg.n_inputs is None else cfg.n_inputs
+    x = _inputs(cfg, split, n)
+    log.info("disentanglement metrics of %d inputs, %d bootstrap replicates", n, cfg.num_bootstrap)
     with torch.no_grad():
-        codes, _ = vae.encode(split.test[: cfg.n_inputs])
-    factors = split.test_factors[: cfg.n_inputs, 1:]  # the colour factor is constant
+        codes, _ = vae.encode(x)
+    factors = split.test_factors[:n, 1:]  # the colour factor is constant
     tree = disentanglement(codes, factors, num_bootstrap=cfg.num_bootstrap, seed=cfg.seed)
     print(tree["metrics"].to_dataset())
-    _save(tree, _out(cfg, "metrics"), cfg)
+    _save(tree, out, cfg, _identity(cfg, train_cfg))
 
 
 def cmd_report(cfg: ReportConfig) -> None:
@@ -477,6 +1069,7 @@ def cmd_report(cfg: ReportConfig) -> None:
             raise FileNotFoundError(f"report input {item}: no such file or directory.")
     if not paths:
         raise ValueError(f"no result files (.nc) found in {cfg.inputs}.")
+    _make_dir(Path(cfg.out), "--out")
     out = report(paths, cfg.out)
     print(f"wrote {out}")
 
@@ -484,13 +1077,15 @@ def cmd_report(cfg: ReportConfig) -> None:
 def cmd_reproduce(cfg: ReproduceConfig) -> None:
     from pyrobust.analysis.reproduce import reproduce
 
+    dev = _device(cfg)
+    _make_dir(Path(cfg.out), "--out")
     reproduce(
         cfg.out,
         quick=cfg.quick,
         datasets=cfg.datasets,
         objectives=cfg.objectives,
         betas=cfg.betas,
-        device=_device(cfg),
+        device=dev,
         seed=cfg.seed,
         settings=_settings(cfg),
     )
@@ -499,7 +1094,12 @@ def cmd_reproduce(cfg: ReproduceConfig) -> None:
 def cmd_demo(cfg: DemoConfig) -> None:
     from pyrobust.analysis.demo import run_demo
 
-    run_demo(cfg.out, epochs=cfg.epochs, r=cfg.r, device=_device(cfg), seed=cfg.seed)
+    dev = _device(cfg)
+    _make_dir(Path(cfg.out), "--out")
+    result = run_demo(
+        cfg.out, epochs=cfg.epochs, r=cfg.r, device=dev, seed=cfg.seed, progress=_on_terminal()
+    )
+    print(result.summary)
 
 
 HANDLERS = {
@@ -515,24 +1115,80 @@ HANDLERS = {
 }
 
 
+# --------------------------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------------------------
+def _on_terminal() -> bool:
+    """Progress as tqdm bars (a terminal) or as logging records (a file or a pipe)."""
+    return sys.stdout.isatty() and sys.stderr.isatty()
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the current ``sys.stderr`` (which tests and callers may swap)."""
+
+    def __init__(self):
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _setup_logging() -> None:
+    logger = logging.getLogger("pyrobust")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        where = f": {err.filename}" if err.filename else ""
+        return f"{err.strerror}{where}"
+    text = str(err).strip()
+    if isinstance(err, KeyError) and text.startswith(("'", '"')):
+        text = f"missing key {text}"
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``pyrobust`` console script; returns the exit status."""
-    parser = build_parser()
-    args = vars(parser.parse_args(argv))
-    command, debug, config = args.pop("command"), args.pop("debug"), args.pop("config")
+    """Entry point of the ``pyrobust`` console script; returns the exit status.
+
+    Exit status 0 on success, 2 on bad input (one line on stderr), 130 on Ctrl-C.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if a in COMMANDS), None)
+    debug = "--debug" in argv
+    label = f"pyrobust {command}" if command else "pyrobust"
     try:
+        config = _config_path(argv) if command else None
         values = _read_config(config, command) if config else {}
+        parser = build_parser({command: set(values)} if command else None)
+        args = vars(parser.parse_args(argv))
+        command, debug = args.pop("command"), args.pop("debug")
+        label = f"pyrobust {command}"
+        args.pop("config")
         values.update(args)
         cfg = make_config(command, values)
+        _setup_logging()
         start = time.perf_counter()
         HANDLERS[command](cfg)
-        print(f"pyrobust {command}: done in {time.perf_counter() - start:.1f} s")
-    except (ValueError, TypeError, FileNotFoundError, FloatingPointError, KeyError) as err:
+        log.info("pyrobust %s: done in %.1f s", command, time.perf_counter() - start)
+    except (ValueError, TypeError, OSError, FloatingPointError, KeyError) as err:
         if debug:
             raise
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"pyrobust {command}: error: {msg}", file=sys.stderr)
+        print(f"{label}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{label}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

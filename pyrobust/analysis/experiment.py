@@ -7,6 +7,7 @@ a config file) to the library's objects.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ __all__ = [
     "OBJECTIVES",
     "Split",
     "build_vae",
+    "check_dataset",
     "disentanglement",
     "load_dataset",
     "make_objective",
@@ -45,6 +47,8 @@ DCI_TREES = {"n_estimators": 20, "max_depth": 3}
 
 DATASETS = ("digits", "dsprites")
 ARCHS = ("mlp", "conv", "burgess", "lipschitz")
+#: Images in scikit-learn's digits.
+NUM_DIGITS = 1797
 OBJECTIVES = ("vae", "beta-vae", "beta-tcvae", "capacity", "dip-vae-i", "dip-vae-ii")
 
 
@@ -63,9 +67,40 @@ class Split:
 
 
 def _choice(value: str, choices: Sequence[str], arg: str) -> str:
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{arg} must be one of {list(choices)}; got {value!r}.")
     return value
+
+
+def _positive_int(arg: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{arg} must be a positive int; got {value!r} ({type(value).__name__}).")
+    if value < 1:
+        raise ValueError(f"{arg} must be a positive int; got {value}.")
+    return value
+
+
+def _positive_float(arg: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{arg} must be a positive number; got {value!r} ({type(value).__name__}).")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{arg} must be a positive finite number; got {value!r}.")
+    return float(value)
+
+
+def check_dataset(name: str, n: int | None = None) -> None:
+    """Raise ``ValueError``/``TypeError`` unless :func:`load_dataset` can load ``n`` images of
+    ``name`` (a cheap check, run before any work)."""
+    _choice(name, DATASETS, "dataset")
+    if n is not None:
+        _positive_int("n", n)
+        if n < 2:
+            raise ValueError(f"n must be at least 2 (one train and one test image); got {n}.")
+        if name == "digits" and n > NUM_DIGITS:
+            raise ValueError(
+                f"n must be at most {NUM_DIGITS} for digits (the whole data set); got {n}. "
+                "Leave it unset to use every image."
+            )
 
 
 def load_dataset(
@@ -85,7 +120,15 @@ def load_dataset(
     device : optional
         Where the tensors live.
     """
-    _choice(name, DATASETS, "dataset")
+    check_dataset(name, n)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int; got {seed!r}.")
+    if (
+        isinstance(test_fraction, bool)
+        or not isinstance(test_fraction, (int, float))
+        or not (0 < test_fraction < 1)
+    ):
+        raise ValueError(f"test_fraction must lie strictly between 0 and 1; got {test_fraction!r}.")
     factors = None
     if name == "digits":
         images, _ = load_digits(device=device)
@@ -96,6 +139,11 @@ def load_dataset(
         factors = ds.sample_factors(10_000 if n is None else int(n), seed=seed)
         images = ds.images(factors, device=device)
     train_idx, test_idx = train_test_split(images.shape[0], test_fraction, seed)
+    if len(train_idx) == 0 or len(test_idx) == 0:
+        raise ValueError(
+            f"n={images.shape[0]} images with test_fraction={test_fraction} leave an empty "
+            "train or test part; pass more images."
+        )
     test_factors = factors[test_idx] if factors is not None else None
     return Split(name, images[train_idx], images[test_idx], test_factors)
 
@@ -117,6 +165,15 @@ def build_vae(
     """
     _choice(arch, ARCHS, "arch")
     shape = tuple(int(s) for s in input_shape)
+    _positive_int("latent_dim", latent_dim)
+    if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence) or len(hidden) == 0:
+        raise TypeError(
+            f"hidden must be a non-empty list of layer widths, e.g. [256] or [512, 256]; "
+            f"got {hidden!r}."
+        )
+    for width in hidden:
+        _positive_int("hidden widths", width)
+    _positive_float("lipschitz", lipschitz)
     if arch == "mlp":
         enc = MLPEncoder(shape, latent_dim, hidden=tuple(hidden))
         dec = MLPDecoder(latent_dim, shape, hidden=tuple(hidden)[::-1])
@@ -152,6 +209,7 @@ def make_objective(
     ``"dip-vae-i"``/``"dip-vae-ii"`` use ``lambda_od = beta``, ``lambda_d = 10 beta`` [Kumar 2018].
     """
     _choice(name, OBJECTIVES, "objective")
+    _positive_float("beta", beta)
     if name == "vae":
         return BetaELBO(1.0)
     if name == "beta-vae":

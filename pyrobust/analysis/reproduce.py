@@ -27,6 +27,7 @@ References
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -40,6 +41,8 @@ from scipy import stats
 from pyrobust._results import encode_attrs
 
 __all__ = ["Scale", "reproduce", "summarize"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,13 @@ def reproduce(
     from pyrobust.analysis.experiment import DATASETS, OBJECTIVES, load_dataset
     from pyrobust.analysis.io import save
 
+    for arg, seq in (("datasets", datasets), ("objectives", objectives), ("betas", betas)):
+        if isinstance(seq, str) or not isinstance(seq, Sequence) or len(seq) == 0:
+            raise ValueError(f"{arg} must be a non-empty list; got {seq!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an int in [0, 2**32); got {seed!r}.")
+    if any(isinstance(b, bool) or not isinstance(b, (int, float)) for b in betas):
+        raise TypeError(f"betas must be numbers; got {list(betas)}.")
     for d in datasets:
         if d not in DATASETS:
             raise ValueError(f"datasets: unknown {d!r}; choose from {list(DATASETS)}.")
@@ -222,7 +232,7 @@ def reproduce(
         split = load_dataset(name, n=scale.n_images, seed=seed, device=device)
         trained = []
         for objective, beta in runs:
-            print(f"[{name}] training {objective} beta={beta:g} ...", flush=True)
+            log.info("[%s] training %s beta=%g", name, objective, beta)
             trained.append(_train(split, scale, objective, beta, device=device, seed=seed))
         # One radius for every model of the dataset, wide enough that each model is r-robust
         # on most unperturbed inputs: r_scale x the largest median degree of robustness.
@@ -230,7 +240,7 @@ def reproduce(
         r = scale.r_scale * max(_median_degree(vae, x, scale, seed) for vae, _ in trained)
         inputs, models = [], []
         for (objective, beta), (vae, record) in zip(runs, trained, strict=True):
-            print(f"[{name}] robustness of {objective} beta={beta:g} at r={r:.3f} ...", flush=True)
+            log.info("[%s] robustness of %s beta=%g at r=%.3f", name, objective, beta, r)
             per_input, per_model = _evaluate(vae, split, scale, r, seed=seed)
             inputs.append(per_input)
             models.append({**record, **per_model})
@@ -265,7 +275,7 @@ def reproduce(
     path = save(tree, out / "reproduce.nc", kind="reproduce")
     _figures(tree, out)
     (out / "RESULTS.md").write_text(summarize(tree))
-    print(f"wrote {path} and {out / 'RESULTS.md'} in {elapsed:.0f} s")
+    log.info("wrote %s and %s in %.0f s", path, out / "RESULTS.md", elapsed)
     return tree
 
 
