@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from pyrobust._results import make_tree
+from pyrobust._results import ci_bound, make_tree
 from pyrobust.models.sites import Pair
 from pyrobust.robustness._sampling import (
     DEFAULT_MAX_BATCH,
@@ -32,10 +32,8 @@ from pyrobust.robustness._sequential import (
     indicator_draw,
     pert_shape,
     sequential_decide,
-    sequential_labels,
 )
 from pyrobust.robustness._stats import (
-    DECISIONS,
     clopper_pearson,
     count_inside,
     decide,
@@ -188,22 +186,28 @@ def r_robustness(
     Returns
     -------
     xarray.DataTree
-        * ``posterior_predictive/distance`` ``(chain, draw, obs_id[, perturbation | eps])``:
-          the draws of :math:`\|\Delta\|`;
+        * ``posterior_predictive``: ``distance`` ``(chain, draw, obs_id[, perturbation |
+          eps])``, the draws of :math:`\|\Delta\|`, and ``inside`` (the same dims
+          ``[, radius]``), the 0/1 indicators :math:`\|\Delta\| \le r`: their mean over
+          ``(chain, draw)`` is ``probability``, and ``arviz_stats.summary``/``mcse`` on them give
+          its Monte-Carlo error;
+        * ``observed_data/<obs_site>``: the observed site's value at ``x`` (its own dims);
         * ``constant_data``: ``x`` ``(obs_id, *event)``, ``delta``
           ``(obs_id[, perturbation | eps], *event)`` and ``r``;
-        * ``robustness``: ``probability``, ``ci_lower``, ``ci_upper``, ``num_inside`` and
-          ``decision`` (strings ``"robust"``, ``"not robust"``, ``"undecided"``), each
+        * ``robustness``: ``probability``, ``ci`` (with a ``ci_bound`` dim, ``"lower"``,
+          ``"upper"``), ``num_inside``, ``num_draws`` and ``decision`` (int8 codes 1 robust,
+          0 undecided, -1 not robust, with CF ``flag_values``/``flag_meanings`` attrs), each
           ``(obs_id[, perturbation | eps][, radius])``; ``degree``
           ``(obs_id[, perturbation | eps])``.
         * with ``num_samples="auto"`` the draws are summarised by their counts: no
-          ``posterior_predictive`` group and no ``degree``; ``robustness`` adds ``num_draws``
-          (draws used per cell), ``decision`` may be ``"about 1/2"`` (with ``tolerance``), and
-          the attrs record ``sequential_method``, ``error``, ``looks``, ``rounds`` and
-          ``total_draws``.
+          ``posterior_predictive`` group and no ``degree``; ``num_draws`` holds the draws
+          used per cell, ``decision`` may be 2 (about 1/2, with ``tolerance``), and the attrs
+          record ``sequential_method``, ``error``, ``looks``, ``rounds`` and ``total_draws``.
 
-        Event dims are named ``feature`` (1-D inputs), ``row, col`` or ``channel, row, col``.
-        Every setting is in the attrs.
+        Event dims are named ``feature`` (1-D inputs), ``row, col`` or ``channel, row, col``;
+        the observed site's dims likewise (prefixed with the site's name where a name would
+        clash with an input dim of another size). Every setting and the model's identity
+        (``model_hash``, ``model_name``) are in the attrs.
 
     Raises
     ------
@@ -240,15 +244,15 @@ def r_robustness(
     >>> tree = r_robustness(model, guide, x, r=[0.1, 0.3], delta=0.05 * torch.ones(3, 2), seed=0)
     >>> tree["robustness"]["probability"].dims
     ('obs_id', 'radius')
-    >>> str(tree["robustness"]["decision"].sel(radius=0.3)[0].values)
-    'robust'
+    >>> int(tree["robustness"]["decision"].sel(radius=0.3)[0])  # 1: robust
+    1
 
     As few draws as each answer needs (sequential, error 0.05 per cell):
 
     >>> tree = r_robustness(model, guide, x, r=[0.1, 0.3], num_samples="auto", seed=0)
     >>> rob = tree["robustness"]
     >>> rob["decision"].values[0].tolist(), rob["num_draws"].values[0].tolist()
-    (['not robust', 'robust'], [512, 16])
+    ([-1, 1], [512, 16])
     """
     x = check_inputs(x)
     r_t, r_scalar = check_radius(r, x)
@@ -379,23 +383,34 @@ def r_robustness(
         "family": family,
         "eps": None if eps_t is None else eps_user.tolist(),
         "distance": "l2 norm over the observed site's event dims",
-        "decision_rule": "robust if ci_lower > 1/2; not robust if ci_upper < 1/2; else undecided",
+        "decision_rule": "1 (robust) if ci lower > 1/2; -1 (not robust) if ci upper < 1/2; "
+        "else 0 (undecided)",
     }
+    observed, obs_dims = pair.observed(tuple(x.shape[1:]))
     groups: dict[str, dict[str, Any]] = {
         "constant_data": {"x": x, "delta": delta_out, "r": r_user[0] if r_scalar else r_user}
     }
+    if observed:
+        groups["observed_data"] = observed
     summary: dict[str, Any] = {
         "probability": (prob_dims, k.to(torch.float64) / n_draws),
-        "ci_lower": (prob_dims, lower),
-        "ci_upper": (prob_dims, upper),
+        "ci": ((*prob_dims, "ci_bound"), ci_bound(lower, upper)),
         "num_inside": (prob_dims, k),
-        "decision": (prob_dims, sequential_labels(codes)),
+        "num_draws": (prob_dims, n_draws),
+        "decision": (prob_dims, codes.to(torch.int8)),
     }
     if auto is None:
-        groups = {"posterior_predictive": {"distance": dist.unsqueeze(0)}, **groups}
+        # The draws every answer is computed from, where ArviZ looks for them: the mean of
+        # `inside` over (chain, draw) is the probability, its mcse the Monte-Carlo error.
+        inside = dist.unsqueeze(-1) <= r_t.to(dist.dtype)  # (S, n, *pert, R)
+        if r_scalar:
+            inside = inside[..., 0]
+        groups["posterior_predictive"] = {
+            "distance": dist.unsqueeze(0),
+            "inside": inside.to(torch.float64).unsqueeze(0),
+        }
         summary["degree"] = (("obs_id", *pert_dims), degree)
     else:  # the draws summarised by their counts; what was done goes to the attrs
-        summary["num_draws"] = (prob_dims, n_draws)
         attrs.update(auto_attrs(seq, auto))
         attrs["confidence"] = 1.0 - auto["error"]
         attrs["decision_rule"] = (
@@ -408,9 +423,11 @@ def r_robustness(
         groups,
         dims={
             "distance": ["obs_id", *pert_dims],
+            "inside": list(prob_dims),
             "x": ["obs_id", *ev_dims],
             "delta": ["obs_id", *pert_dims, *ev_dims],
             "r": list(radius_dims),
+            **obs_dims,
         },
         coords=coords,
         summary={"robustness": summary},
@@ -425,15 +442,22 @@ def _describe(tree: xr.DataTree, confidence: float, auto: dict | None = None) ->
     rob = tree["robustness"]
     rob["probability"].attrs["long_name"] = "Monte-Carlo estimate of p(||Delta|| <= r)"
     level = f"{confidence:g}" if auto is None else "1 - error/J (per look; 1 - error jointly)"
-    rob["ci_lower"].attrs["long_name"] = f"exact Clopper-Pearson {level} lower limit"
-    rob["ci_upper"].attrs["long_name"] = f"exact Clopper-Pearson {level} upper limit"
+    rob["ci"].attrs["long_name"] = f"exact Clopper-Pearson {level} interval"
     rob["num_inside"].attrs["long_name"] = "number of draws with ||Delta|| <= r"
-    labels = DECISIONS if auto is None else SEQUENTIAL_DECISIONS
-    rob["decision"].attrs["long_name"] = "r-robustness decision: " + ", ".join(
-        repr(v) for v in labels.values()
-    )
     if auto is not None:
         rob["num_draws"].attrs["long_name"] = "draws used (sequential design)"
+        labels = SEQUENTIAL_DECISIONS
+        rob["decision"].attrs.update(
+            flag_values=np.array(sorted(labels), dtype=np.int8),
+            flag_meanings=" ".join(
+                labels[c].replace(" ", "_").replace("1/2", "half") for c in sorted(labels)
+            ),
+            long_name="r-robustness decision: "
+            + ", ".join(f"{c} {labels[c]}" for c in sorted(labels)),
+        )
         return
+    rob["num_draws"].attrs["long_name"] = "draws per cell (fixed design)"
     rob["degree"].attrs["long_name"] = "degree of robustness: median of ||Delta||"
-    tree["posterior_predictive"]["distance"].attrs["long_name"] = "||Delta(x, delta)||_2"
+    pp = tree["posterior_predictive"]
+    pp["distance"].attrs["long_name"] = "||Delta(x, delta)||_2"
+    pp["inside"].attrs["long_name"] = "indicator ||Delta(x, delta)||_2 <= r"

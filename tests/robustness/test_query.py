@@ -49,8 +49,9 @@ def test_probability_matches_noncentral_chi_square(lg, reference):
     assert np.all(np.abs(p.values - exact) <= 4.5 * mc_error + 1e-4)
     assert ((exact > 0.05) & (exact < 0.95)).mean() > 0.6  # the check is not trivial
     # the exact interval brackets the estimate
-    assert np.all(tree["robustness"]["ci_lower"].values <= p.values)
-    assert np.all(p.values <= tree["robustness"]["ci_upper"].values)
+    ci = tree["robustness"]["ci"]
+    assert np.all(ci.sel(ci_bound="lower").values <= p.values)
+    assert np.all(p.values <= ci.sel(ci_bound="upper").values)
 
 
 def test_interval_coverage_over_repeated_runs(lg):
@@ -62,7 +63,8 @@ def test_interval_coverage_over_repeated_runs(lg):
     r = [0.45, 0.6, 0.8]
     tree = r_robustness(lg.model, lg.guide, x, r=r, delta=delta, num_samples=200, seed=4)
     exact = lg.p_robust(np.array(r), delta[:1])  # (3,): 0.38, 0.64, 0.88
-    lo, hi = tree["robustness"]["ci_lower"].values, tree["robustness"]["ci_upper"].values
+    ci = tree["robustness"]["ci"]
+    lo, hi = ci.sel(ci_bound="lower").values, ci.sel(ci_bound="upper").values
     covered = (lo <= exact) & (exact <= hi)
     assert covered.shape == (repeats, 3)
     assert covered.mean(0).min() >= 0.93
@@ -158,8 +160,17 @@ def test_tree_layout_and_settings(lg):
     d = tree["posterior_predictive"]["distance"]
     assert d.dims == ("chain", "draw", "obs_id") and d.shape == (1, 50, 3)
     rob = tree["robustness"]
-    for name in ("probability", "ci_lower", "ci_upper", "decision", "degree", "num_inside"):
+    for name in ("probability", "decision", "degree", "num_inside", "num_draws"):
         assert rob[name].dims == ("obs_id",), name
+    assert rob["ci"].dims == ("obs_id", "ci_bound")
+    assert rob["ci"]["ci_bound"].values.tolist() == ["lower", "upper"]
+    # the observed site's value is observed_data; the indicators are draws ArviZ reads
+    torch.testing.assert_close(torch.from_numpy(tree["observed_data"]["x"].values), x)
+    inside = tree["posterior_predictive"]["inside"]
+    assert inside.dims == ("chain", "draw", "obs_id")
+    np.testing.assert_allclose(inside.mean(("chain", "draw")).values, rob["probability"].values)
+    assert len(attrs_model_hash := decode_attrs(tree.attrs)["model_hash"]) == 64
+    assert attrs_model_hash == decode_attrs(rob.attrs)["model_hash"]
     np.testing.assert_array_equal(tree["constant_data"]["delta"].values, 0.0)
     torch.testing.assert_close(torch.from_numpy(tree["constant_data"]["x"].values), x)
     attrs = decode_attrs(rob.attrs)
@@ -167,9 +178,11 @@ def test_tree_layout_and_settings(lg):
     assert attrs["reference"] == "mean" and attrs["family"] is None and attrs["r"] == 0.5
     # decision agrees with the interval
     dec = rob["decision"].values
-    lo, hi = rob["ci_lower"].values, rob["ci_upper"].values
-    np.testing.assert_array_equal(dec == "robust", lo > 0.5)
-    np.testing.assert_array_equal(dec == "not robust", hi < 0.5)
+    lo, hi = rob["ci"].sel(ci_bound="lower").values, rob["ci"].sel(ci_bound="upper").values
+    np.testing.assert_array_equal(dec == 1, lo > 0.5)
+    np.testing.assert_array_equal(dec == -1, hi < 0.5)
+    assert rob["decision"].dtype == np.int8
+    assert rob["decision"].attrs["flag_meanings"] == "not_robust undecided robust"
 
 
 def test_netcdf_round_trip_and_arviz_summary(lg, tmp_path):
@@ -182,7 +195,7 @@ def test_netcdf_round_trip_and_arviz_summary(lg, tmp_path):
     try:
         for group in ("posterior_predictive", "constant_data", "robustness"):
             xr.testing.assert_identical(back[group].to_dataset(), tree[group].to_dataset())
-        assert back["robustness"]["decision"].values.dtype.kind == "U"
+        assert back["robustness"]["decision"].values.dtype == np.int8
         assert decode_attrs(back["robustness"].attrs)["r"] == [0.4, 0.7]
     finally:
         back.close()

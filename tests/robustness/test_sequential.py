@@ -346,9 +346,7 @@ def _vae_error_rates(reps, max_samples, seed):
         vae.model, vae.guide, x, r=r, num_samples="auto", max_samples=max_samples, seed=seed
     )
     rob = tree["robustness"]
-    codes = torch.zeros(rob["decision"].shape, dtype=torch.int8)
-    codes[torch.as_tensor(rob["decision"].values == "robust")] = ROBUST
-    codes[torch.as_tensor(rob["decision"].values == "not robust")] = NOT_ROBUST
+    codes = torch.as_tensor(rob["decision"].values)  # int8 codes
     bad = wrong(codes, torch.tensor(P_GRID, dtype=torch.float64).expand(reps, -1))
     k_bad = bad.sum(0)
     return k_bad, clopper_pearson(k_bad, reps, 0.95), rob, tree
@@ -379,16 +377,17 @@ def test_auto_matches_the_fixed_design_sampler_and_is_reproducible():
     kw = {"r": r, "delta": delta, "num_samples": "auto", "max_samples": 20_000, "seed": 3}
     a = r_robustness(vae.model, vae.guide, x, **kw)["robustness"]
     b = r_robustness(vae.model, vae.guide, x, **kw)["robustness"]
-    for name in ["num_inside", "num_draws", "ci_lower", "decision"]:
+    for name in ["num_inside", "num_draws", "ci", "decision"]:
         np.testing.assert_array_equal(a[name].values, b[name].values)
     assert a["decision"].dims == ("obs_id", "perturbation", "radius")
     exact = np.stack([[vae.p_robust(r, delta[j, i]) for j in range(3)] for i in range(5)])
-    decided = a["decision"].values != "undecided"
+    decided = a["decision"].values != UNDECIDED
     assert decided.mean() > 0.9
     # every decided cell is on the right side of 1/2 (45 cells; a wrong one has p <= 0.05)
-    assert np.all((exact > 0.5)[decided] == (a["decision"].values == "robust")[decided])
+    assert np.all((exact > 0.5)[decided] == (a["decision"].values == ROBUST)[decided])
     # the intervals cover the exact probabilities
-    assert np.all((a["ci_lower"].values <= exact) & (exact <= a["ci_upper"].values))
+    lo, hi = a["ci"].sel(ci_bound="lower").values, a["ci"].sel(ci_bound="upper").values
+    assert np.all((lo <= exact) & (exact <= hi))
 
 
 def test_auto_with_per_input_model_kwargs_follows_each_input():
@@ -408,7 +407,7 @@ def test_auto_with_per_input_model_kwargs_follows_each_input():
         model, guide, x, r=0.5, num_samples="auto", model_kwargs={"scale": scale}, seed=0
     )
     p = stats.chi2.cdf(0.25 / scale.squeeze(1).numpy() ** 2, 2)  # 0.96, 0.12, 0.75, 0.03
-    expected = np.where(p > 0.5, "robust", "not robust")
+    expected = np.where(p > 0.5, ROBUST, NOT_ROBUST)
     np.testing.assert_array_equal(tree["robustness"]["decision"].values, expected)
 
 
@@ -417,7 +416,8 @@ def test_auto_indifference_zone_and_refusals():
     x = torch.zeros(3, vae.d_x, dtype=torch.float64)
     r = float(_radii_for(vae, [0.5])[0])
     tree = r_robustness(vae.model, vae.guide, x, r=r, num_samples="auto", tolerance=0.05, seed=0)
-    assert set(tree["robustness"]["decision"].values.tolist()) == {"about 1/2"}
+    assert set(tree["robustness"]["decision"].values.tolist()) == {ABOUT_HALF}
+    assert "about_half" in tree["robustness"]["decision"].attrs["flag_meanings"]
     with pytest.raises(ValueError, match="num_samples='auto'"):
         r_robustness(vae.model, vae.guide, x, r=r, num_samples=100, error=0.01)
     with pytest.raises(ValueError, match="'auto'"):
