@@ -426,6 +426,7 @@ _SUBSAMPLE = r"(?is)(?=.*['\"]data['\"])(?=.*subsampl)"
         "latent_attack",
         "output_attack",
         "certified_margin",
+        "likelihood_degradation",
     ],
 )
 def test_subsampling_guide_is_refused(air, query):
@@ -450,6 +451,9 @@ def test_subsampling_guide_is_refused(air, query):
             client.model, client.guide, x, r=1.0, a=1.0, b=1.0, c=1.0, **_guide_sites(client)
         ),
     }
+    calls["likelihood_degradation"] = lambda: pr.robustness.likelihood_degradation(
+        client.model, client.guide, x, torch.zeros_like(x), **kw
+    )
     with pytest.raises(ValueError, match=_SUBSAMPLE), untouched(client):
         calls[query]()
 
