@@ -624,7 +624,7 @@ def check_auto(
                 f"`num_samples` must be a positive int (a fixed design) or 'auto' (sequential "
                 f"decisions, docs/SEQUENTIAL.md); got {num_samples!r}."
             )
-        alpha = 1.0 - float(confidence)
+        alpha = round(1.0 - float(confidence), 12)
         if error is None:
             error = alpha
         error = _check_level(error, "error")

@@ -29,7 +29,8 @@ from pyrobust.robustness._sampling import (
     joint_rng,
     make_generator,
 )
-from pyrobust.robustness._stats import clopper_pearson, decide, decision_labels
+from pyrobust.robustness._sequential import METHOD, check_auto, sequential_decide
+from pyrobust.robustness._stats import ROBUST, clopper_pearson, decide, decision_labels
 from pyrobust.robustness._validation import (
     check_choice,
     check_confidence,
@@ -71,7 +72,7 @@ def empirical_margin(
     eot_samples: int = 16,
     eval_samples: int = 128,
     method: str = "pgd",
-    num_samples: int = 1000,
+    num_samples: int | str = 1000,
     confidence: float = 0.95,
     reference: str = "mean",
     box: tuple[float, float] | None = (0.0, 1.0),
@@ -81,6 +82,9 @@ def empirical_margin(
     obs_site: str = "x",
     model_args: tuple = (),
     model_kwargs: dict | None = None,
+    error: float | None = None,
+    max_samples: int = 100_000,
+    tolerance: float | None = None,
 ):
     r"""The empirical r-robustness margin: the largest radius the strongest attack cannot break.
 
@@ -123,8 +127,16 @@ def empirical_margin(
     bisection_steps : int, default 12
     steps, step_size, restarts, eot_samples, eval_samples, method, box
         Settings of the attack, as in :func:`pyrobust.max_damage_attack`.
-    num_samples : int, default 1000
-        Encoder draws for each probability :math:`\hat p_r`.
+    num_samples : int or "auto", default 1000
+        Encoder draws for each probability :math:`\hat p_r`. ``"auto"``: every verdict (the
+        clean check, the bracket's ends, each bisection step) is a sequential decision
+        (docs/SEQUENTIAL.md) at error ``error / D``, with :math:`D` = 1 + the bracket's
+        attacks (1, or 31 without ``radius_max`` and ``box``) + ``bisection_steps``, so all of
+        an input's verdicts hold together with probability :math:`\ge 1 -` ``error`` (for the
+        attacks found). A step counts as robust only when decided robust; "not robust",
+        "undecided" and "about 1/2" count as broken, so ``margin`` is a radius the attack was
+        shown not to break. Near the crossing :math:`p \to 1/2` and a decision needs up to
+        ``max_samples`` draws; ``tolerance`` bounds that cost.
     confidence : float, default 0.95
         Level of the Clopper-Pearson intervals.
     reference : {"mean", "sample"}, default "mean"
@@ -133,6 +145,9 @@ def empirical_margin(
     latent_site, obs_site : str
     model_args, model_kwargs : tuple, dict, optional
         Extra arguments of ``model(x, *model_args, **model_kwargs)`` and of the guide.
+    error, max_samples, tolerance
+        The sequential settings with ``num_samples="auto"``, as in :func:`pyrobust.r_robustness`
+        (``error`` for the whole margin of an input; default ``1 - confidence``).
 
     Returns
     -------
@@ -143,7 +158,10 @@ def empirical_margin(
         ``decision_at_margin`` for the attack at :math:`R_{lo}`; the same with suffix
         ``_above`` for the attack that broke the input at :math:`R_{hi}`, and its
         ``damage_above``. ``constant_data``: ``x``, ``r`` and ``delta_above`` (the breaking
-        perturbation, dims ``obs_id, *pixel``).
+        perturbation, dims ``obs_id, *pixel``). ``num_draws`` (``obs_id``): the encoder draws
+        all verdicts of an input used. With ``num_samples="auto"`` the probabilities are
+        :math:`k/n` with each verdict's own ``n``, the intervals are at level
+        :math:`1 - \text{error}/(D J)` and the attrs record the sequential settings.
 
     Examples
     --------
@@ -177,9 +195,17 @@ def empirical_margin(
     restarts = check_positive_int(restarts, "restarts")
     eot_samples = check_positive_int(eot_samples, "eot_samples")
     eval_samples = check_positive_int(eval_samples, "eval_samples")
-    num_samples = check_positive_int(num_samples, "num_samples")
+    if not isinstance(num_samples, str):
+        num_samples = check_positive_int(num_samples, "num_samples")
     max_batch = check_positive_int(max_batch, "max_batch")
     confidence = check_confidence(confidence)
+    auto = check_auto(
+        num_samples,
+        error=error,
+        confidence=confidence,
+        max_samples=max_samples,
+        tolerance=tolerance,
+    )
     radius_max = _check_positive(radius_max, "radius_max", fn)
     step_size = _check_positive(step_size, "step_size", fn)
     step_size = 8.0 / steps if step_size is None else step_size
@@ -191,18 +217,52 @@ def empirical_margin(
     with pair.session():
         ref = _reference(pair, x)
 
+    # Sequential verdicts: the error is split over an input's D verdicts (union bound).
+    num_verdicts = 1 + (1 if radius_max is not None or box is not None else 31) + bisection_steps
+    seq_runs: list = []
+
     def counts(idx, delta):
-        with pair.session():
+        """(k, draws, robust) per row of ``idx`` at perturbations ``delta``."""
+        if auto is None:
+            with pair.session():
+                k = _robust_counts(
+                    pair.subset(idx),
+                    x[idx],
+                    delta,
+                    r_val,
+                    num_samples=num_samples,
+                    reference=reference,
+                    gen=gen,
+                    max_batch=max_batch,
+                )
+            return k, torch.full_like(k, num_samples), 2 * k > num_samples
+
+        def draw(active, m):
+            rows = idx[active]
             return _robust_counts(
-                pair.subset(idx),
-                x[idx],
-                delta,
+                pair.subset(rows),
+                x[rows],
+                delta[active],
                 r_val,
-                num_samples=num_samples,
+                num_samples=m,
                 reference=reference,
                 gen=gen,
                 max_batch=max_batch,
+            ).to(torch.int64)
+
+        with pair.session():
+            res = sequential_decide(
+                draw,
+                idx.numel(),
+                error=auto["error"] / num_verdicts,
+                max_samples=auto["max_samples"],
+                first_round=auto["first_round"],
+                growth=auto["growth"],
+                tolerance=auto["tolerance"],
+                device=x.device,
             )
+        seq_runs.append(res)
+        return res.k, res.n, res.decision_codes == ROBUST
 
     def attack(idx, radius):
         """Strongest attack of budget ``radius`` (per input) and the robust counts after it."""
@@ -225,20 +285,23 @@ def empirical_margin(
         return delta, damage, counts(idx, delta)
 
     zeros = torch.zeros_like(x)
-    k0 = counts(torch.arange(n, device=x.device), zeros)
+    k0, n0, robust0 = counts(torch.arange(n, device=x.device), zeros)
     lo = torch.zeros(n, dtype=x.dtype, device=x.device)
     hi = torch.zeros(n, dtype=x.dtype, device=x.device)
     k_lo, k_hi = k0.clone(), k0.clone()
+    n_lo, n_hi = n0.clone(), n0.clone()
+    draws_used = n0.clone()
     delta_hi = zeros.clone()
     damage_hi = torch.zeros(n, dtype=x.dtype, device=x.device)
-    broken = 2 * k0 <= num_samples  # not r-robust unperturbed: margin 0, bracket [0, 0]
+    broken = ~robust0  # not r-robust unperturbed: margin 0, bracket [0, 0]
     todo = ~broken
 
-    def record(idx, radius, delta, damage, k):
-        robust = 2 * k > num_samples
+    def record(idx, radius, delta, damage, counted):
+        k, n_d, robust = counted
+        draws_used[idx] += n_d
         up, down = idx[robust], idx[~robust]
-        lo[up], k_lo[up] = radius[robust], k[robust]
-        hi[down], k_hi[down] = radius[~robust], k[~robust]
+        lo[up], k_lo[up], n_lo[up] = radius[robust], k[robust], n_d[robust]
+        hi[down], k_hi[down], n_hi[down] = radius[~robust], k[~robust], n_d[~robust]
         delta_hi[down], damage_hi[down] = delta[~robust], damage[~robust]
         return robust
 
@@ -271,31 +334,49 @@ def empirical_margin(
         mid = 0.5 * (lo[idx] + hi[idx])
         record(idx, mid, *attack(idx, mid))
 
-    lower_lo, upper_lo = clopper_pearson(k_lo, num_samples, confidence)
-    lower_hi, upper_hi = clopper_pearson(k_hi, num_samples, confidence)
-    lower_0, upper_0 = clopper_pearson(k0, num_samples, confidence)
+    # sequential: the intervals at each verdict's own level, 1 - error / (D J)
+    level = confidence if auto is None else 1.0 - seq_runs[0].alpha_per_look
+    lower_lo, upper_lo = clopper_pearson(k_lo, n_lo, level)
+    lower_hi, upper_hi = clopper_pearson(k_hi, n_hi, level)
+    lower_0, upper_0 = clopper_pearson(k0, n0, level)
     obs = ("obs_id",)
 
-    def prob(k):
-        return k.to(torch.float64) / num_samples
+    def prob(k, n_d):
+        return k.to(torch.float64) / n_d
 
     summary = {
         "margin": (obs, lo),
         "margin_upper": (obs, hi),
         "broken": (obs, broken),
-        "probability_clean": (obs, prob(k0)),
+        "probability_clean": (obs, prob(k0, n0)),
         "ci_lower_clean": (obs, lower_0),
         "ci_upper_clean": (obs, upper_0),
-        "probability_at_margin": (obs, prob(k_lo)),
+        "probability_at_margin": (obs, prob(k_lo, n_lo)),
         "ci_lower_at_margin": (obs, lower_lo),
         "ci_upper_at_margin": (obs, upper_lo),
         "decision_at_margin": (obs, decision_labels(decide(lower_lo, upper_lo))),
-        "probability_above": (obs, prob(k_hi)),
+        "probability_above": (obs, prob(k_hi, n_hi)),
         "ci_lower_above": (obs, lower_hi),
         "ci_upper_above": (obs, upper_hi),
         "decision_above": (obs, decision_labels(decide(lower_hi, upper_hi))),
         "damage_above": (obs, damage_hi),
+        "num_draws": (obs, draws_used),
     }
+    seq_attrs = {}
+    if auto is not None:
+        seq_attrs = {
+            "num_samples": "auto",
+            "sequential_method": METHOD,
+            "error": auto["error"],
+            "error_per_verdict": auto["error"] / num_verdicts,
+            "verdicts_per_input": num_verdicts,
+            "max_samples": auto["max_samples"],
+            "tolerance": auto["tolerance"],
+            "looks": list(seq_runs[0].looks),
+            "total_draws": int(draws_used.sum()),
+            "decision_rule": "robust at a radius if the sequential verdict (error / D) is "
+            "'robust'; otherwise broken",
+        }
     pix = list(event_dims(len(event)))
     tree = make_tree(
         {"constant_data": {"x": x, "r": np.asarray(r_val), "delta_above": delta_hi}},
@@ -321,6 +402,7 @@ def empirical_margin(
             "seed": seed,
             **pair.attrs(),
             "decision_rule": "robust at a radius if the point estimate p_hat > 1/2 (as [CAM])",
+            **seq_attrs,
         },
         name="empirical_margin",
     )

@@ -20,6 +20,12 @@ from pyrobust.robustness._sampling import (
     resolve_seed,
     sample_distances,
 )
+from pyrobust.robustness._sequential import (
+    auto_attrs,
+    check_auto,
+    indicator_draw,
+    sequential_lower_bound,
+)
 from pyrobust.robustness._stats import clopper_pearson_lower, count_inside
 from pyrobust.robustness._validation import (
     check_choice,
@@ -42,7 +48,7 @@ def margin_bound(
     x: torch.Tensor,
     *,
     r: float | Any,
-    num_samples: int = 1000,
+    num_samples: int | str = 1000,
     norm: str = "frobenius",
     confidence: float | None = None,
     reference: str = "mean",
@@ -52,6 +58,8 @@ def margin_bound(
     max_batch: int = DEFAULT_MAX_BATCH,
     model_args: tuple = (),
     model_kwargs: dict | None = None,
+    precision: float | None = None,
+    max_samples: int = 100_000,
 ) -> xr.DataTree:
     r"""Lower bound on the r-robustness margin from the encoder Jacobian [1]_.
 
@@ -87,8 +95,13 @@ def margin_bound(
         Inputs ``(n, *event)``, finite.
     r : float or 1-D array_like
         Output radius (radii, dim ``radius``), ``> 0``.
-    num_samples : int, default 1000
-        Draws used to estimate :math:`p_A`.
+    num_samples : int or "auto", default 1000
+        Draws used to estimate :math:`p_A`. ``"auto"``: draw in rounds (64, 128, ... up to
+        ``max_samples``) and stop each input (and radius) at the first look where the estimate
+        and its one-sided lower confidence limit differ by at most ``precision``; the limit is
+        :math:`B^{-1}((1-c)/J;\, k, n-k+1)` over the :math:`J` looks, so it holds at level
+        :math:`c` = ``confidence`` (default 0.95) at the data-dependent stop, and the bound
+        uses it (docs/SEQUENTIAL.md).
     norm : {"frobenius", "spectral"}, default "frobenius"
         Matrix norm of :math:`J(x)`.
     confidence : float, optional
@@ -107,6 +120,11 @@ def margin_bound(
         ``max_batch // d_z`` inputs.
     model_args, model_kwargs : tuple, dict, optional
         Extra arguments of ``model(x, *model_args, **model_kwargs)`` and of the guide.
+    precision : float, optional
+        With ``num_samples="auto"``: the largest accepted gap :math:`\hat p_A - p_{A,lo}`
+        (default 0.01).
+    max_samples : int, default 100000
+        With ``num_samples="auto"``: the most draws per input and radius.
 
     Notes
     -----
@@ -157,11 +175,22 @@ def margin_bound(
     r_t, r_scalar = check_radius(r, x)
     r_user = r.detach().cpu().to(torch.float64) if isinstance(r, torch.Tensor) else r
     r_user = np.atleast_1d(np.asarray(r_user, dtype=np.float64))  # coords/attrs as given
-    num_samples = check_positive_int(num_samples, "num_samples")
+    if not isinstance(num_samples, str):
+        num_samples = check_positive_int(num_samples, "num_samples")
     max_batch = check_positive_int(max_batch, "max_batch")
     norm = check_choice(norm, "norm", NORMS)
     reference = check_choice(reference, "reference", REFERENCES)
     confidence = check_confidence(confidence, allow_none=True)
+    auto = check_auto(
+        num_samples,
+        confidence=0.95 if confidence is None else confidence,
+        max_samples=max_samples,
+        precision=precision,
+        first_round=64,
+    )  # None: a fixed design of num_samples draws
+    if auto is not None:
+        confidence = 0.95 if confidence is None else confidence
+        auto["precision"] = 0.01 if auto["precision"] is None else auto["precision"]
     latent_site = check_site_name(latent_site, "latent_site")
     obs_site = check_site_name(obs_site, "obs_site")
     seed_used = resolve_seed(check_seed(seed))
@@ -180,19 +209,47 @@ def margin_bound(
     with pair.session():
         _, scale, jac = encoder_jacobian(pair, x, max_batch=max_batch)
         with torch.no_grad():
-            dist = sample_distances(
-                pair,
-                x,
-                None,
-                num_samples=num_samples,
-                reference=reference,
-                generator=generator,
-                max_batch=max_batch,
-            )  # (S, n)
+            if auto is None:
+                dist = sample_distances(
+                    pair,
+                    x,
+                    None,
+                    num_samples=num_samples,
+                    reference=reference,
+                    generator=generator,
+                    max_batch=max_batch,
+                )  # (S, n)
+            else:  # sequential p_A: stop at the requested precision (docs/SEQUENTIAL.md)
+                seq = sequential_lower_bound(
+                    indicator_draw(
+                        pair,
+                        x,
+                        None,
+                        r_t,
+                        reference=reference,
+                        generator=generator,
+                        max_batch=max_batch,
+                    ),
+                    x.shape[0] * r_t.numel(),
+                    confidence=confidence,
+                    precision=auto["precision"],
+                    max_samples=auto["max_samples"],
+                    first_round=auto["first_round"],
+                    growth=auto["growth"],
+                    device=x.device,
+                )
     with torch.no_grad():
-        k, _ = count_inside(dist, r_t)  # (n, R)
-        p_a = k.to(torch.float64) / num_samples
-        p_used = p_a if confidence is None else clopper_pearson_lower(k, num_samples, confidence)
+        if auto is None:
+            k, _ = count_inside(dist, r_t)  # (n, R)
+            n_draws = torch.full_like(k, num_samples)
+            p_a = k.to(torch.float64) / num_samples
+            p_used = (
+                p_a if confidence is None else clopper_pearson_lower(k, num_samples, confidence)
+            )
+        else:
+            cells = (x.shape[0], r_t.numel())
+            k, n_draws, p_used = (t.reshape(cells) for t in (seq.k, seq.n, seq.lower))
+            p_a = k.to(torch.float64) / n_draws
         jac_flat = jac.reshape(jac.shape[0], jac.shape[1], -1)
         ord_ = 2 if norm == "spectral" else "fro"
         jac_norm = torch.linalg.matrix_norm(jac_flat, ord=ord_).to(torch.float64)  # (n,)
@@ -203,6 +260,7 @@ def margin_bound(
 
     if r_scalar:
         k, p_a, p_used, vacuous, bound = (t[..., 0] for t in (k, p_a, p_used, vacuous, bound))
+        n_draws = n_draws[..., 0]
     radius_dims: tuple[str, ...] = () if r_scalar else ("radius",)
     dims = ("obs_id", *radius_dims)
     coords: dict[str, Any] = {"obs_id": torch.arange(x.shape[0])}
@@ -218,6 +276,8 @@ def margin_bound(
     }
     if confidence is not None:
         summary["p_a_lower"] = (dims, p_used)
+    if auto is not None:
+        summary["num_draws"] = (dims, n_draws)
     attrs = {
         "query": "margin_bound",
         "r": float(r_user[0]) if r_scalar else r_user.tolist(),
@@ -230,11 +290,19 @@ def margin_bound(
         "max_batch": max_batch,
         "perturbation_norm": "l2",
     }
+    groups: dict[str, dict[str, Any]] = {
+        "constant_data": {"x": x, "r": r_user[0] if r_scalar else r_user}
+    }
+    if auto is None:
+        groups = {"posterior_predictive": {"distance": dist.unsqueeze(0)}, **groups}
+    else:  # the draws summarised by their counts (num_inside of num_draws)
+        attrs.update(auto_attrs(seq, auto))
+        attrs["precision"] = auto["precision"]
+        attrs["stopping_rule"] = (
+            "stop at the first look where p_a - p_a_lower <= precision, or at max_samples"
+        )
     tree = make_tree(
-        {
-            "posterior_predictive": {"distance": dist.unsqueeze(0)},
-            "constant_data": {"x": x, "r": r_user[0] if r_scalar else r_user},
-        },
+        groups,
         dims={
             "distance": ["obs_id"],
             "x": ["obs_id", *event_dims(x.dim() - 1)],
@@ -255,6 +323,10 @@ def margin_bound(
     if confidence is not None:
         rob["p_a_lower"].attrs["long_name"] = (
             f"one-sided Clopper-Pearson {confidence:g} lower bound"
+            + ("" if auto is None else " (confidence sequence, at the stopping look)")
         )
+    if auto is not None:
+        rob["num_draws"].attrs["long_name"] = "draws used (sequential, to the precision)"
+        return tree
     tree["posterior_predictive"]["distance"].attrs["long_name"] = "||Delta(x, 0)||_2"
     return tree

@@ -13,7 +13,7 @@ import torch
 from scipy import stats
 
 from pyrobust._results import decode_attrs
-from pyrobust.robustness import r_robustness
+from pyrobust.robustness import empirical_margin, margin_bound, r_robustness
 from pyrobust.robustness._sequential import (
     ABOUT_HALF,
     look_schedule,
@@ -441,3 +441,72 @@ def test_auto_on_the_linear_gaussian_vae_2000_repetitions():
     }
     print(report)
     assert bool((clopper_pearson_lower(k_bad, reps, 0.99) <= 0.05).all()), report
+
+
+# --- margin_bound's p_A and empirical_margin's bisection ------------------------------------
+
+
+def test_margin_bound_auto_stops_at_the_precision_and_stays_below_the_true_margin():
+    vae = LinearGaussianVAE()
+    x = torch.randn(6, vae.d_x, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    r = [0.6, 0.9]
+    tree = margin_bound(
+        vae.model, vae.guide, x, r=r, num_samples="auto", precision=0.02, norm="spectral", seed=0
+    )
+    rob = tree["robustness"]
+    gap = rob["p_a"].values - rob["p_a_lower"].values
+    assert np.all(gap <= 0.02)
+    expected = clopper_pearson_lower(
+        torch.as_tensor(rob["num_inside"].values),
+        torch.as_tensor(rob["num_draws"].values),
+        1.0 - tree.attrs["alpha_per_look"],
+    )
+    np.testing.assert_allclose(rob["p_a_lower"].values, expected.numpy(), rtol=0, atol=1e-12)
+    p_true = vae.p_robust(np.asarray(r), torch.zeros(vae.d_x))
+    assert np.all(rob["p_a_lower"].values <= p_true)
+    margins = np.array([vae.true_margin(ri) for ri in r])
+    assert np.all(rob["bound"].values <= margins) and np.all(rob["bound"].values > 0)
+    # p_A near 1 reaches the precision with fewer draws than p_A near 3/4
+    assert np.all(rob["num_draws"].values[:, 1] < rob["num_draws"].values[:, 0])
+    assert "posterior_predictive" not in tree.children
+    with pytest.raises(ValueError, match="precision"):
+        margin_bound(vae.model, vae.guide, x, r=0.6, num_samples=100, precision=0.01)
+
+
+def _scalar_pair():
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(2 * x, 0.3).to_event(1))
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 0.1).to_event(1), obs=x)
+
+    return model, guide
+
+
+def test_empirical_margin_auto_splits_the_error_over_the_verdicts():
+    # ||Delta|| = |2 delta + 0.3 eta|: the worst delta of size R gives p = P(|2R + 0.3 eta| <= r),
+    # which crosses 1/2 at R* solving that equation (r = 0.6).
+    model, guide = _scalar_pair()
+    x = torch.zeros(3, 1)
+    kw = {"r": 0.6, "box": None, "bisection_steps": 8, "steps": 10, "restarts": 1, "seed": 0}
+    tree = empirical_margin(model, guide, x, num_samples="auto", tolerance=0.05, **kw)
+    rob = tree["robustness"]
+    attrs = decode_attrs(dict(tree.attrs))
+    assert attrs["verdicts_per_input"] == 1 + 31 + 8
+    assert attrs["error_per_verdict"] == pytest.approx(0.05 / 40)
+    from scipy import optimize
+
+    def p(radius):
+        return stats.norm.cdf((0.6 - 2 * radius) / 0.3) - stats.norm.cdf((-0.6 - 2 * radius) / 0.3)
+
+    r_star = optimize.brentq(lambda t: p(t) - 0.5, 0.0, 0.3)
+    # the margin is a radius shown robust (p > 1/2): at most the crossing, and close to it
+    assert np.all(rob["margin"].values <= r_star + 1e-6)
+    assert np.all(rob["margin"].values > r_star - 0.03)
+    assert np.all(rob["decision_at_margin"].values == "robust")
+    assert np.all(rob["num_draws"].values > 0) and attrs["total_draws"] == rob["num_draws"].sum()
+    fixed = empirical_margin(model, guide, x, num_samples=200, **kw)["robustness"]
+    assert np.all(fixed["num_draws"].values == 200 * (1 + 1 + 8))  # clean, R = 1, steps
