@@ -631,12 +631,31 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _clean_stale(final: Path) -> None:
-    """Remove the temp dirs of earlier ``train`` runs into ``final`` that were killed."""
+    """Remove the temp dirs of earlier ``train`` runs into ``final`` that were killed.
+
+    A run moved aside by a replacement killed half-way (``.../old``, only where directories
+    cannot be exchanged atomically) is put back first when ``final`` is missing.
+    """
     for p in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
         parts = p.name[len(final.name) + 2 :].split(".")
         if parts and parts[0].isdigit() and not _pid_alive(int(parts[0])):
+            if (p / "old").is_dir() and not final.exists():
+                os.rename(p / "old", final)
+                log.info("restored %s, moved aside by a killed run", final)
             shutil.rmtree(p, ignore_errors=True)
             log.info("removed %s, left by a killed run", p)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a new temp file beside ``path`` and rename it onto ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -676,8 +695,13 @@ def _install_run(staging: Path, final: Path) -> None:
             )
         )
         os.rename(final, aside / "old")
-        os.rename(staging, final)
-        shutil.rmtree(aside, ignore_errors=True)
+        try:
+            os.rename(staging, final)
+        except BaseException:
+            os.rename(aside / "old", final)
+            raise
+        finally:
+            shutil.rmtree(aside, ignore_errors=True)
         return
     shutil.rmtree(staging, ignore_errors=True)
 
@@ -712,7 +736,7 @@ def _check_resume(cfg: TrainConfig, ckpt: Path) -> None:
             f"--checkpoint-dir {ckpt} holds the checkpoints of an earlier run; pass --resume to "
             "continue it, or choose an empty --checkpoint-dir."
         )
-    record.write_text(json.dumps(mine, indent=2))
+    _write_atomic(record, json.dumps(mine, indent=2))
 
 
 def cmd_train(cfg: TrainConfig) -> None:
@@ -1177,6 +1201,8 @@ def main(argv: list[str] | None = None) -> int:
         args.pop("config")
         values.update(args)
         cfg = make_config(command, values)
+        if isinstance(cfg, Common):
+            _device(cfg)  # an unknown or absent device is refused before any work
         _setup_logging()
         start = time.perf_counter()
         HANDLERS[command](cfg)

@@ -553,3 +553,43 @@ def test_load_refuses_object_codecs_before_opening(tmp_path):
         meta.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=r"array robustness/p declares an object dtype or codec"):
         load(store)
+
+
+def test_replacement_without_atomic_exchange(tmp_path, monkeypatch):
+    import pyrobust.cli as cli
+
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *TINY]) == 0
+    old = {p.name: p.read_bytes() for p in run.iterdir()}
+    monkeypatch.setattr(cli, "_exchange", lambda a, b: False)
+    real_rename, calls = os.rename, []
+
+    def rename(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the new run moving in: fails after the old one moved aside
+            raise OSError(28, "No space left on device")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(cli.os, "rename", rename)
+    assert main(["train", "--out", str(run), *TINY, "--seed", "3", "--force"]) == 2
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    monkeypatch.setattr(cli.os, "rename", real_rename)
+    assert main(["train", "--out", str(run), *TINY, "--seed", "3", "--force"]) == 0
+    check_whole_run(run)
+    assert json.loads((run / "run.json").read_text())["seed"] == 3
+
+
+def test_a_run_moved_aside_by_a_killed_process_is_restored(tmp_path):
+    import pyrobust.cli as cli
+
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *TINY]) == 0
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])  # a pid no longer alive
+    dead.wait()
+    aside = tmp_path / f".run.{dead.pid}.abc.tmp"
+    aside.mkdir()
+    os.rename(run, aside / "old")
+    cli._clean_stale(run)
+    check_whole_run(run)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
