@@ -558,13 +558,21 @@ class Pair:
         """One joint guide draw per row (latent site ``loc + eta * scale``) and its trace."""
         return self._guide_trace(x_rows, _Reparam(self.latent_site, eta))
 
-    def reconstruct(self, x_rows: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
-        """:math:`g(z)` for joint guide draws at ``x_rows`` with latent noise ``eta``."""
+    def reconstruct(
+        self, x_rows: torch.Tensor, eta: torch.Tensor, values: dict | None = None
+    ) -> torch.Tensor:
+        """:math:`g(z)` for joint guide draws at ``x_rows`` with latent noise ``eta``.
+
+        The drawn latent values are written into ``values`` (a dict) when one is given.
+        """
         if self.fast:
             loc, scale = self.encode(x_rows)
-            return self.decode(x_rows, {self.latent_site: loc + eta * scale})
-        trace = self.draw(x_rows, eta)
-        return self.decode(x_rows, {k: s["value"] for k, s in _latents(trace).items()})
+            drawn = {self.latent_site: loc + eta * scale}
+        else:
+            drawn = {k: s["value"] for k, s in _latents(self.draw(x_rows, eta)).items()}
+        if values is not None:
+            values.update(drawn)
+        return self.decode(x_rows, drawn)
 
     def require_single_latent(self, fn: str) -> None:
         """Refuse extra guide sites where the theory covers one Gaussian latent only."""

@@ -191,6 +191,7 @@ def sample_distances(
     generator: torch.Generator | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
     check: bool = True,
+    return_sites: dict[str, list] | None = None,
 ) -> torch.Tensor:
     r"""Monte-Carlo draws of :math:`\|\Delta(x, \delta)\|_2` over the observed site's event dims.
 
@@ -225,6 +226,9 @@ def sample_distances(
         Most latent codes decoded per model call (and most inputs per guide call).
     check : bool
         Refuse non-finite distances by naming the inputs.
+    return_sites : dict, optional
+        ``{site: []}`` for guide latent sites whose draws at the perturbed inputs to keep:
+        each value is replaced by a tensor ``(num_samples, n, *perturbation_shape, *site)``.
 
     Returns
     -------
@@ -278,13 +282,18 @@ def sample_distances(
                 e_rows = torch.cat([e_rows, e[:, 1]], dim=1)
             rows = s * e_rows.shape[1]
             e_rows = e_rows.reshape(rows, d_z)
+            drawn: dict[str, torch.Tensor] = {}
             if pair.fast:
                 z = (loc + e[:, :1] * scale).reshape(s, n_pert * n, d_z)
                 if sample_ref:
                     z = torch.cat([z, loc0 + e[:, 1] * scale0], dim=1)
-                g = pair.decode(x_rep[:rows], {pair.latent_site: z.reshape(rows, d_z)})
+                drawn[pair.latent_site] = z.reshape(rows, d_z)
+                g = pair.decode(x_rep[:rows], drawn)
             else:
-                g = pair.reconstruct(x_rep[:rows], e_rows)
+                g = pair.reconstruct(x_rep[:rows], e_rows, drawn)
+            for name in return_sites or ():
+                v = drawn[name].reshape(s, -1, *drawn[name].shape[1:])[:, : n_pert * n]
+                return_sites[name].append(v.detach())
             g = g.reshape(s, -1, n, math.prod(g.shape[1:]))
             if sample_ref:
                 g, ref = g[:, :n_pert], g[:, n_pert:]
@@ -297,6 +306,10 @@ def sample_distances(
             out.append(torch.linalg.vector_norm(diff, dim=-1))  # (s, n_pert, n)
     dist = torch.cat(out) if len(out) > 1 else out[0]
     dist = dist.reshape(num_samples, *pert_shape, n).movedim(-1, 1)
+    for name in return_sites or ():
+        v = torch.cat(return_sites[name])  # (S, n_pert * n, *site)
+        v = v.reshape(num_samples, *pert_shape, n, *v.shape[2:])
+        return_sites[name] = v.movedim(len(pert_shape) + 1, 1)
     if check:
         check_finite_distances(dist.detach(), pair.obs_site)
     return dist

@@ -7,7 +7,7 @@ follows the site protocol.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -93,6 +93,7 @@ def r_robustness(
     error: float | None = None,
     max_samples: int = 100_000,
     tolerance: float | None = None,
+    return_sites: Sequence[str] | None = None,
 ) -> xr.DataTree:
     r"""Probability that the reconstruction of :math:`x + \delta` stays within ``r`` [1]_.
 
@@ -171,6 +172,10 @@ def r_robustness(
         ``1 - confidence``, i.e. 0.05).
     max_samples : int, default 100000
         With ``num_samples="auto"``: draws after which a cell is left ``"undecided"``.
+    return_sites : sequence of str, optional
+        Guide latent sites whose draws at the perturbed inputs to keep in a ``posterior``
+        group, dims ``(chain, draw, obs_id[, perturbation | eps], ...)`` (``latent`` for the
+        latent site, ``<site>_dim_<i>`` for others). Fixed designs only.
     tolerance : float, optional
         With ``num_samples="auto"``: an indifference zone; a cell whose interval lies inside
         :math:`1/2 \pm` ``tolerance`` stops with the decision ``"about 1/2"``.
@@ -313,8 +318,11 @@ def r_robustness(
         latent_site=latent_site,
         obs_site=obs_site,
     )
+    sites = _check_return_sites(return_sites, pair, auto)
+    site_dims: dict[str, list[str]] = {}
     with torch.no_grad(), pair.session():
         if auto is None:
+            kept = {name: [] for name in sites}
             dist = sample_distances(
                 pair,
                 x,
@@ -323,6 +331,7 @@ def r_robustness(
                 reference=reference,
                 generator=generator,
                 max_batch=max_batch,
+                return_sites=kept,
             )  # (S, n, *pert)
             k, degree = count_inside(dist, r_t)  # (n, *pert, R), (n, *pert)
             lower, upper = clopper_pearson(k, num_samples, confidence)
@@ -405,6 +414,17 @@ def r_robustness(
         inside = dist.unsqueeze(-1) <= r_t.to(dist.dtype)  # (S, n, *pert, R)
         if r_scalar:
             inside = inside[..., 0]
+        if kept:
+            groups["posterior"] = {k: v.unsqueeze(0) for k, v in kept.items()}
+            site_dims = {
+                k: ["obs_id", *pert_dims]
+                + (
+                    ["latent"]
+                    if k == latent_site
+                    else [f"{k}_dim_{i}" for i in range(v.dim() - 2 - len(pert_dims))]
+                )
+                for k, v in kept.items()
+            }
         groups["posterior_predictive"] = {
             "distance": dist.unsqueeze(0),
             "inside": inside.to(torch.float64).unsqueeze(0),
@@ -428,6 +448,7 @@ def r_robustness(
             "delta": ["obs_id", *pert_dims, *ev_dims],
             "r": list(radius_dims),
             **obs_dims,
+            **site_dims,
         },
         coords=coords,
         summary={"robustness": summary},
@@ -435,6 +456,29 @@ def r_robustness(
     )
     _describe(tree, confidence, auto)
     return tree
+
+
+def _check_return_sites(return_sites, pair: Pair, auto) -> tuple[str, ...]:
+    if return_sites is None:
+        return ()
+    if isinstance(return_sites, str) or not all(isinstance(v, str) for v in return_sites):
+        raise TypeError(
+            f"`return_sites` must be a list of site names, e.g. [{pair.latent_site!r}]; got "
+            f"{return_sites!r}."
+        )
+    known = (pair.latent_site, *pair.extra)
+    unknown = [v for v in return_sites if v not in known]
+    if unknown:
+        raise ValueError(
+            f"`return_sites` names {unknown}, which the guide does not sample; its latent sites "
+            f"are {list(known)}."
+        )
+    if auto is not None and return_sites:
+        raise ValueError(
+            "`return_sites` keeps every draw, which a sequential design (num_samples='auto') "
+            "summarises by counts; pass a fixed num_samples to keep the draws."
+        )
+    return tuple(dict.fromkeys(return_sites))
 
 
 def _describe(tree: xr.DataTree, confidence: float, auto: dict | None = None) -> None:
