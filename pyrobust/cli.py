@@ -1171,6 +1171,11 @@ def _setup_logging() -> None:
     logger.setLevel(logging.INFO)
 
 
+#: How torch's allocators word a failed allocation (CPU: "can't allocate memory"; CUDA:
+#: "CUDA out of memory"; also "out of memory" on MPS).
+_OUT_OF_MEMORY = ("can't allocate memory", "out of memory")
+
+
 def _one_line(err: BaseException) -> str:
     if isinstance(err, OSError) and err.strerror:
         where = f": {err.filename}" if err.filename else ""
@@ -1211,6 +1216,20 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"{label}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as err:
+        # Allocation failures (huge --latent-dim, --hidden, --num-samples) are a setting's
+        # fault; any other RuntimeError is a bug and keeps its traceback.
+        text = str(err)
+        if debug or not (
+            isinstance(err, MemoryError) or any(m in text.lower() for m in _OUT_OF_MEMORY)
+        ):
+            raise
+        print(
+            f"{label}: error: out of memory ({_one_line(err)}); use smaller settings "
+            "(--latent-dim, --hidden, --n, --num-samples, --n-inputs).",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"{label}: interrupted", file=sys.stderr)

