@@ -400,7 +400,7 @@ def plot_margin_scatter(
         f"bound ≤ empirical on {stats['consistent']} of {stats['n']}",
         fontsize=9,
     )
-    axis.legend(fontsize=7, loc="upper left")
+    axis.legend(fontsize=7, loc="lower right")  # below y = x, where no point can be
     return _finish(fig, path)
 
 
