@@ -44,7 +44,7 @@ log = logging.getLogger("pyrobust.cli")
 
 #: Choices of the string settings. They mirror ``pyrobust.analysis.experiment`` (tests check
 #: that they agree); kept here so that ``pyrobust --help`` needs no torch import.
-DATASETS = ("digits", "dsprites")
+DATASETS = ("digits", "dsprites", "mnist5k")
 ARCHS = ("mlp", "conv", "burgess", "lipschitz")
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian", "laplace")
 OBJECTIVES = ("vae", "beta-vae", "beta-tcvae", "capacity", "dip-vae-i", "dip-vae-ii")
