@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from pyrobust._results import make_tree
+from pyrobust._results import ci_bound, make_tree
 from pyrobust.models.sites import _Centre, _latents
 from pyrobust.robustness._sampling import (
     DEFAULT_MAX_BATCH,
@@ -30,7 +30,7 @@ from pyrobust.robustness._sampling import (
     make_generator,
 )
 from pyrobust.robustness._sequential import METHOD, check_auto, sequential_decide
-from pyrobust.robustness._stats import ROBUST, clopper_pearson, decide, decision_labels
+from pyrobust.robustness._stats import ROBUST, clopper_pearson, decide
 from pyrobust.robustness._validation import (
     check_choice,
     check_confidence,
@@ -154,8 +154,9 @@ def empirical_margin(
     xarray.DataTree
         ``robustness`` (dim ``obs_id``): ``margin`` (:math:`R_{lo}`), ``margin_upper``
         (:math:`R_{hi}`), ``broken``; ``probability_clean`` at :math:`\delta = 0`;
-        ``probability_at_margin``, ``ci_lower_at_margin``, ``ci_upper_at_margin``,
-        ``decision_at_margin`` for the attack at :math:`R_{lo}`; the same with suffix
+        ``probability_at_margin``, ``ci_at_margin`` (dim ``ci_bound``),
+        ``decision_at_margin`` (int8: 1 robust, 0 undecided, -1 not robust) for the attack at
+        :math:`R_{lo}`; the same with suffix
         ``_above`` for the attack that broke the input at :math:`R_{hi}`, and its
         ``damage_above``. ``constant_data``: ``x``, ``r`` and ``delta_above`` (the breaking
         perturbation, dims ``obs_id, *pixel``). ``num_draws`` (``obs_id``): the encoder draws
@@ -349,16 +350,13 @@ def empirical_margin(
         "margin_upper": (obs, hi),
         "broken": (obs, broken),
         "probability_clean": (obs, prob(k0, n0)),
-        "ci_lower_clean": (obs, lower_0),
-        "ci_upper_clean": (obs, upper_0),
+        "ci_clean": ((*obs, "ci_bound"), ci_bound(lower_0, upper_0)),
         "probability_at_margin": (obs, prob(k_lo, n_lo)),
-        "ci_lower_at_margin": (obs, lower_lo),
-        "ci_upper_at_margin": (obs, upper_lo),
-        "decision_at_margin": (obs, decision_labels(decide(lower_lo, upper_lo))),
+        "ci_at_margin": ((*obs, "ci_bound"), ci_bound(lower_lo, upper_lo)),
+        "decision_at_margin": (obs, decide(lower_lo, upper_lo)),
         "probability_above": (obs, prob(k_hi, n_hi)),
-        "ci_lower_above": (obs, lower_hi),
-        "ci_upper_above": (obs, upper_hi),
-        "decision_above": (obs, decision_labels(decide(lower_hi, upper_hi))),
+        "ci_above": ((*obs, "ci_bound"), ci_bound(lower_hi, upper_hi)),
+        "decision_above": (obs, decide(lower_hi, upper_hi)),
         "damage_above": (obs, damage_hi),
         "num_draws": (obs, draws_used),
     }
@@ -378,9 +376,13 @@ def empirical_margin(
             "'robust'; otherwise broken",
         }
     pix = list(event_dims(len(event)))
+    observed, obs_dims = pair.observed(event)
+    groups = {"constant_data": {"x": x, "r": np.asarray(r_val), "delta_above": delta_hi}}
+    if observed:
+        groups["observed_data"] = observed
     tree = make_tree(
-        {"constant_data": {"x": x, "r": np.asarray(r_val), "delta_above": delta_hi}},
-        dims={"x": ["obs_id", *pix], "delta_above": ["obs_id", *pix], "r": []},
+        groups,
+        dims={"x": ["obs_id", *pix], "delta_above": ["obs_id", *pix], "r": [], **obs_dims},
         coords={"obs_id": np.arange(n)},
         summary={"robustness": summary},
         attrs={

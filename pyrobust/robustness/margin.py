@@ -293,8 +293,18 @@ def margin_bound(
     groups: dict[str, dict[str, Any]] = {
         "constant_data": {"x": x, "r": r_user[0] if r_scalar else r_user}
     }
+    observed, obs_dims = pair.observed(tuple(x.shape[1:]))
+    if observed:
+        groups["observed_data"] = observed
     if auto is None:
-        groups = {"posterior_predictive": {"distance": dist.unsqueeze(0)}, **groups}
+        # the draws p_A is estimated from: mean of `inside` over (chain, draw) is p_a
+        inside = dist.unsqueeze(-1) <= r_t.to(dist.dtype)
+        if r_scalar:
+            inside = inside[..., 0]
+        groups["posterior_predictive"] = {
+            "distance": dist.unsqueeze(0),
+            "inside": inside.to(torch.float64).unsqueeze(0),
+        }
     else:  # the draws summarised by their counts (num_inside of num_draws)
         attrs.update(auto_attrs(seq, auto))
         attrs["precision"] = auto["precision"]
@@ -305,8 +315,10 @@ def margin_bound(
         groups,
         dims={
             "distance": ["obs_id"],
+            "inside": list(dims),
             "x": ["obs_id", *event_dims(x.dim() - 1)],
             "r": list(radius_dims),
+            **obs_dims,
         },
         coords=coords,
         summary={"robustness": summary},

@@ -506,7 +506,22 @@ def test_empirical_margin_auto_splits_the_error_over_the_verdicts():
     # the margin is a radius shown robust (p > 1/2): at most the crossing, and close to it
     assert np.all(rob["margin"].values <= r_star + 1e-6)
     assert np.all(rob["margin"].values > r_star - 0.03)
-    assert np.all(rob["decision_at_margin"].values == "robust")
+    assert np.all(rob["decision_at_margin"].values == ROBUST)
     assert np.all(rob["num_draws"].values > 0) and attrs["total_draws"] == rob["num_draws"].sum()
     fixed = empirical_margin(model, guide, x, num_samples=200, **kw)["robustness"]
     assert np.all(fixed["num_draws"].values == 200 * (1 + 1 + 8))  # clean, R = 1, steps
+
+
+def test_auto_over_a_random_perturbation_curve():
+    vae = LinearGaussianVAE()
+    x = torch.randn(4, vae.d_x, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    tree = r_robustness(
+        vae.model, vae.guide, x, r=0.6, eps=[0.0, 0.2, 2.0], family="sphere", num_samples="auto"
+    )
+    rob = tree["robustness"]
+    assert rob["decision"].dims == ("obs_id", "eps")
+    delta = tree["constant_data"]["delta"].values  # (obs_id, eps, feature)
+    exact = np.stack([vae.p_robust(0.6, torch.as_tensor(delta[i])) for i in range(4)])
+    decided = rob["decision"].values != UNDECIDED
+    assert np.all((exact > 0.5)[decided] == (rob["decision"].values == ROBUST)[decided])
+    assert np.all(rob["num_draws"].values[:, 2] <= 64)  # eps = 2 breaks at once
