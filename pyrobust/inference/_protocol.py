@@ -8,7 +8,6 @@ private of ``models``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -206,7 +205,3 @@ def _dtype_mismatch(err: Exception, name: str, dtype: torch.dtype) -> TypeError 
         f"by default: pass {name} converted to the model's dtype, e.g. "
         f"torch.as_tensor({name}, dtype=torch.float32), or convert the model (.double())."
     )
-
-
-def _finite_float(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -786,7 +786,7 @@ def fit(
     model and the guide both have a parameter actually named ``size`` (as
     :class:`pyrobust.models.VAE` does; a ``**kwargs`` catch-all does not count), ``size=N``
     is passed too, so that ``pyro.plate("data", size, subsample=x)`` scales the minibatch to
-    the dataset.
+    the dataset (a ``size`` in ``model_kwargs`` is passed as given instead).
 
     **What is recorded.** ``train_loss`` and ``val_loss`` are losses *per data point*,
     whatever the model's plate scaling: each minibatch's loss is divided by the number of
@@ -810,7 +810,8 @@ def fit(
         LongTensor of indices (e.g. :class:`pyrobust.data.DSpritesDataset`) is read one
         minibatch at a time; any other map-style Dataset is materialised once. Of tuple items
         (e.g. a ``TensorDataset(x, y)``), only the first element is used: the others are
-        *not* passed to the model; pass conditioning values explicitly as ``model_args``.
+        *not* passed to the model; pass conditioning values explicitly as ``model_args``
+        (e.g. ``model_args=(dataset.tensors[1],)`` for a ``TensorDataset(x, y)``).
         Floating inputs are converted to the dtype of the parameters of the modules
         reachable from ``vae_or_pair`` (the module itself, a bound method's owner and its
         attributes), so numpy's float64 arrays train a float32 model; integer and bool inputs
