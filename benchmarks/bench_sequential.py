@@ -1,0 +1,260 @@
+"""Benchmark: anytime-valid sequential robustness decisions vs fixed-n designs (issue 15).
+
+On the demo model (``pyrobust demo``: an MLP VAE 64-256-8 with a Bernoulli likelihood trained on
+scikit-learn digits), side by side in one process:
+
+1. **r-robustness over a curve of eps.** Every test digit, random perturbations on the l2 sphere
+   of radius eps (one direction per digit, shared by the eps and by both designs), r = 1. The
+   sequential design (``num_samples="auto"``, error 0.05, ``max_samples`` = 100,000) is compared
+   with the smallest fixed-n design (95% Clopper-Pearson, a wrong decision <= 2.5% per cell)
+   that decides as many cells, searched over a grid of n. The fixed design of size n is run as
+   independent chunks whose counts add up (statistically the same as one call with
+   ``num_samples=n``; the time is the sum of the chunks' times, each paying the fixed per-call
+   cost once). Reported: total decoded draws, wall time, decided cells.
+   Targets: >= 10x fewer draws and >= 5x less time.
+2. **Empirical margins** (bisection over the attack radius) with ``num_samples=1000`` per
+   decision vs ``num_samples="auto"`` (error 0.05 for the whole margin of an input): wall time
+   and the margins, which must agree within the bisection's resolution. Target: >= 3x less time.
+
+Run ``python benchmarks/bench_sequential.py [--quick] [--threads N] [--fixed-max N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import pyro
+import torch
+
+from pyrobust._results import decode_attrs
+from pyrobust.analysis.experiment import build_vae, load_dataset
+from pyrobust.inference import BetaELBO, fit
+from pyrobust.robustness import empirical_margin, r_robustness
+from pyrobust.robustness._stats import UNDECIDED, clopper_pearson, decide
+
+FIXED_GRID = (1_000, 2_000, 5_000, 10_000, 20_000, 30_000, 50_000, 70_000, 100_000)
+
+
+def demo_vae(epochs: int, device: str):
+    """The demo's model: digits, MLP 64-256-8, Bernoulli, beta = 1 (as pyrobust.analysis.demo)."""
+    pyro.set_rng_seed(0)
+    pyro.clear_param_store()
+    split = load_dataset("digits", seed=0, device=device)
+    vae = build_vae(split.input_shape, arch="mlp", latent_dim=8, hidden=(256,))
+    fit(
+        vae,
+        split.train,
+        elbo=BetaELBO(1.0),
+        epochs=epochs,
+        batch_size=64,
+        lr=2e-3,
+        seed=0,
+        device=device,
+    )
+    vae.eval()
+    return vae, split.test
+
+
+def sphere_perturbations(x: torch.Tensor, eps: list[float], seed: int) -> torch.Tensor:
+    """``(len(eps), n, *event)``: one uniform direction per input on the unit l2 sphere, scaled."""
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    u = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+    u = u / u.flatten(1).norm(dim=1).reshape(-1, *([1] * (x.dim() - 1)))
+    return (
+        torch.tensor(eps, dtype=x.dtype, device=x.device).reshape(-1, 1, *([1] * (x.dim() - 1))) * u
+    )
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def bench_curve(vae, x, eps, *, r, error, max_samples, fixed_max, chunk):
+    delta = sphere_perturbations(x, eps, seed=1)
+    q = {"r": r, "delta": delta}
+    # warm-up (first calls pay for lazy initialisation)
+    r_robustness(vae.model, vae.guide, x[:2], r=r, delta=delta[:, :2], num_samples=16, seed=0)
+    seq, t_seq = timed(
+        lambda: r_robustness(
+            vae.model,
+            vae.guide,
+            x,
+            num_samples="auto",
+            error=error,
+            max_samples=max_samples,
+            seed=0,
+            **q,
+        )
+    )
+    rs = seq["robustness"]
+    draws_seq = int(rs["num_draws"].sum())
+    decided_seq = int((rs["decision"] != UNDECIDED).sum())  # int8 codes; 0 undecided
+    cells = int(rs["decision"].size)
+    looks = decode_attrs(dict(seq.attrs))["looks"]
+    hist = np.bincount(
+        np.searchsorted(np.asarray(looks), rs["num_draws"].values.ravel()), minlength=len(looks)
+    )
+    rows = [("sequential (auto)", draws_seq, t_seq, decided_seq)]
+
+    k = None
+    n_done, t_fixed, seed = 0, 0.0, 100
+    found = None
+    for n in FIXED_GRID:
+        if n > fixed_max:
+            break
+        while n_done < n:
+            m = min(chunk, n - n_done)
+            tree, t = timed(
+                lambda m=m, s=seed: r_robustness(
+                    vae.model, vae.guide, x, num_samples=m, seed=s, **q
+                )
+            )
+            seed += 1
+            t_fixed += t
+            ki = torch.as_tensor(tree["robustness"]["num_inside"].values)
+            k = ki if k is None else k + ki
+            n_done += m
+        lo, hi = clopper_pearson(k, n_done, 0.95)
+        decided = int((decide(lo, hi) != 0).sum())
+        rows.append((f"fixed n = {n_done:,}", n_done * cells, t_fixed, decided))
+        if decided >= decided_seq:
+            found = rows[-1]
+            break
+    return rows, found, cells, hist, seq
+
+
+def bench_margin(vae, x, *, r, error, bisection_steps, steps, restarts):
+    """Empirical margins with a fixed design and sequential variants; times and agreement."""
+    kw = {
+        "r": r,
+        "bisection_steps": bisection_steps,
+        "steps": steps,
+        "restarts": restarts,
+        "seed": 0,
+    }
+    empirical_margin(vae.model, vae.guide, x[:2], num_samples=16, **{**kw, "steps": 2})
+    variants = [
+        ("num_samples=1000 (fixed)", {"num_samples": 1000}),
+        (f"auto, error {error}", {"num_samples": "auto", "error": error}),
+        (
+            f"auto, error {error}, tolerance 0.05",
+            {"num_samples": "auto", "error": error, "tolerance": 0.05},
+        ),
+    ]
+    rows = []
+    for name, extra in variants:
+        tree, t = timed(
+            lambda extra=extra: empirical_margin(vae.model, vae.guide, x, **kw, **extra)
+        )
+        rob = tree["robustness"]
+        rows.append(
+            (name, t, rob["margin"].values, rob["margin_upper"].values, rob["num_draws"].values)
+        )
+    _, t_f, m_f, u_f, _ = rows[0]
+    out = []
+    for name, t, m, u, draws in rows:
+        resolution = np.maximum(u_f - m_f, u - m)
+        diff = np.abs(m - m_f)
+        out.append(
+            {
+                "name": name,
+                "time": t,
+                "speedup": t_f / t,
+                "draws": int(draws.sum()),
+                "median": float(np.median(m)),
+                "agree": float((diff <= resolution + 1e-9).mean()),
+                "median_diff": float(np.median(diff)),
+                "resolution": float(np.median(resolution)),
+            }
+        )
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run (few inputs)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--error", type=float, default=0.05)
+    parser.add_argument("--max-samples", type=int, default=100_000)
+    parser.add_argument("--fixed-max", type=int, default=100_000)
+    parser.add_argument("--chunk", type=int, default=10_000)
+    parser.add_argument("--margin-inputs", type=int, default=32)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    (vae, x), t_train = timed(lambda: demo_vae(2 if args.quick else args.epochs, args.device))
+    if args.quick:
+        x = x[:8]
+    eps = [0.0, 0.5, 1.0, 2.0, 4.0]
+    r = 1.0
+    print(
+        f"demo VAE (MLP 64-256-8, digits, {args.epochs if not args.quick else 2} epochs, "
+        f"trained in {t_train:.1f} s); {x.shape[0]} test digits x {len(eps)} eps = "
+        f"{x.shape[0] * len(eps)} cells; r = {r}; sphere perturbations; error {args.error}; "
+        f"{args.threads} thread(s), device {args.device}\n"
+    )
+    rows, found, cells, hist, seq = bench_curve(
+        vae,
+        x,
+        eps,
+        r=r,
+        error=args.error,
+        max_samples=2_000 if args.quick else args.max_samples,
+        fixed_max=5_000 if args.quick else args.fixed_max,
+        chunk=args.chunk,
+    )
+    print("| design | decoded draws | wall time (s) | decided cells |")
+    print("|---|---|---|---|")
+    for name, draws, t, decided in rows:
+        print(f"| {name} | {draws:,} | {t:.2f} | {decided} / {cells} |")
+    looks = decode_attrs(dict(seq.attrs))["looks"]
+    print("\ncells by draws used (sequential):")
+    print(", ".join(f"{n:,}: {c}" for n, c in zip(looks, hist, strict=True) if c))
+    if found is not None:
+        _, d_f, t_f, _ = found
+        _, d_s, t_s, _ = rows[0]
+        print(
+            f"\nsmallest fixed design deciding as many cells: {found[0]}; "
+            f"{d_f / d_s:.1f}x the draws, {t_f / t_s:.1f}x the time of the sequential design"
+        )
+    else:
+        _, d_f, t_f, dec_f = rows[-1]
+        _, d_s, t_s, dec_s = rows[0]
+        print(
+            f"\nno fixed design up to n = {args.fixed_max:,} decides as many cells "
+            f"({dec_f} < {dec_s}); the largest tried used {d_f / d_s:.1f}x the draws and "
+            f"{t_f / t_s:.1f}x the time"
+        )
+
+    xm = x[: min(args.margin_inputs, x.shape[0])]
+    res = bench_margin(
+        vae,
+        xm,
+        r=r,
+        error=args.error,
+        bisection_steps=4 if args.quick else 10,
+        steps=5 if args.quick else 30,
+        restarts=2,
+    )
+    print(f"\nempirical margin, {xm.shape[0]} digits, r = {r}:\n")
+    print(
+        "| verdicts | wall time (s) | speed-up | encoder draws for verdicts | median margin | "
+        "median abs. difference to fixed | median bracket width | within the bracket |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for row in res:
+        print(
+            f"| {row['name']} | {row['time']:.2f} | {row['speedup']:.2f}x | {row['draws']:,} | "
+            f"{row['median']:.4f} | {row['median_diff']:.4f} | {row['resolution']:.4f} | "
+            f"{100 * row['agree']:.0f}% |"
+        )
+
+
+if __name__ == "__main__":
+    main()
