@@ -305,3 +305,29 @@ def test_non_finite_rows_of_a_lazily_read_dataset_are_named_when_read():
     bad[:, 0] = float("nan")
     with pytest.raises(ValueError, match=r"^data holds NaN .*minibatch at dataset indices"):
         fit(MLPPair(), _LazyDataset(bad), epochs=1, batch_size=16)
+
+
+def test_conditional_model_resumes_bit_for_bit(tmp_path):
+    def run(epochs, where, resume=False):
+        pyro.clear_param_store()
+        pair = CondPair(seed=5 if resume else 0)  # resumed: every parameter from the checkpoint
+        tree = fit(
+            (pair.model, pair.guide),
+            X,
+            model_args=(Y,),
+            val_data=X[:8],
+            val_model_args=(Y[:8],),
+            epochs=epochs,
+            batch_size=16,
+            checkpoint_dir=tmp_path / where,
+            resume=resume,
+        )
+        return params(), tree["history"]
+
+    full, h_full = run(3, "full")
+    run(1, "cut")
+    resumed, h_res = run(3, "cut", resume=True)
+    assert h_res["loss"].values.tolist() == h_full["loss"].values.tolist()
+    assert h_res["val_loss"].values.tolist() == h_full["val_loss"].values.tolist()
+    for k, v in full.items():
+        assert torch.equal(v, resumed[k]), k
