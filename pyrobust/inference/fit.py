@@ -914,7 +914,7 @@ def fit(
                     f"val_model_args=/val_model_kwargs= with leading dim len(val_data)="
                     f"{x_val.n}."
                 )
-            val_args = _ModelArgs(model_args, model_kwargs, x_val.n)
+            val_args = args  # nothing per point: the same values, passed through unchanged
         else:
             val_args = _ModelArgs(
                 model_args if val_model_args is None else val_model_args,

@@ -331,3 +331,22 @@ def test_conditional_model_resumes_bit_for_bit(tmp_path):
     assert h_res["val_loss"].values.tolist() == h_full["val_loss"].values.tolist()
     for k, v in full.items():
         assert torch.equal(v, resumed[k]), k
+
+
+def test_validation_passes_the_training_values_through_unchanged():
+    """Without val_model_args, values with no per-point rows reach validation whole, even one
+    whose leading dim happens to equal len(val_data)."""
+    pair = CondPair()
+    y_const = torch.zeros(6, 3)  # leading dim 6 != 48 (passed through), == len(val_data)
+    y_const[:, 0] = 1.0
+
+    def model(x, y):
+        return pair.model(x, y.sum(0, keepdim=True).expand(len(x), 3) / 6)
+
+    def guide(x, y):
+        return pair.guide(x, y.sum(0, keepdim=True).expand(len(x), 3) / 6)
+
+    seen = []
+    wrapped = (lambda x, y: seen.append(y) or model(x, y), guide)
+    fit(wrapped, X, model_args=(y_const,), val_data=X[:6], epochs=1, batch_size=16)
+    assert seen and all(y is y_const for y in seen)
