@@ -27,6 +27,7 @@ import xarray as xr
 __all__ = [
     "CI_BOUNDS",
     "DECISION_FLAGS",
+    "EMPTY_MODEL_HASH",
     "STANDARD_ATTRS",
     "ci_bound",
     "decision_attrs",
@@ -129,6 +130,10 @@ STANDARD_ATTRS = (
 
 #: Coordinate values of the ``ci_bound`` dim that holds interval limits.
 CI_BOUNDS = ("lower", "upper")
+
+#: ``model_hash`` of a model with no parameters to hash (weights kept in plain tensors): it
+#: names no model, so :func:`pyrobust.analysis.combine` does not compare it.
+EMPTY_MODEL_HASH = hashlib.sha256().hexdigest()
 
 #: Decision codes and their meanings (CF ``flag_values`` / ``flag_meanings``).
 DECISION_FLAGS = {-1: "not_robust", 0: "undecided", 1: "robust"}
@@ -284,7 +289,9 @@ def model_identity(
     bytes of each, in order; a mapping is hashed in the order of its sorted names together with
     the names), so two results carry the same hash exactly when they were computed from the
     same weights. :func:`pyrobust.analysis.combine` refuses to treat results of one model as
-    results of different models on that basis.
+    results of different models on that basis. A model that keeps its weights in plain tensors
+    (neither module parameters nor param sites) has nothing to hash and gets
+    :data:`EMPTY_MODEL_HASH`, which identifies no model.
 
     Parameters
     ----------

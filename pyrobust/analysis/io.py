@@ -683,7 +683,7 @@ def combine(
       each tree's attrs (``dim`` itself, e.g. ``beta``, or ``coefficients[dim]``; for
       ``dim="model"`` the run directories, model names or weight hashes); never ``0, 1, ...``;
     * distinct models: two trees with the same ``model_hash`` are refused (the same weights
-      labelled as two models).
+      labelled as two models), unless ``dim`` is ``"seed"``, ``"run"`` or ``"replicate"``.
 
     Attributes that agree across trees are kept; the root records the per-tree settings as the
     JSON attr ``combined_settings`` and the dim as ``combined_dim``; the root and every group
@@ -725,7 +725,7 @@ def combine(
     >>> out["robustness"]["bound"].sel(beta=4.0).values.tolist()
     [4.0, 4.0, 4.0]
     """
-    from pyrobust._results import standard_attrs
+    from pyrobust._results import EMPTY_MODEL_HASH, standard_attrs
 
     if isinstance(trees, xr.DataTree) or not isinstance(trees, Sequence) or len(trees) == 0:
         raise TypeError(
@@ -786,6 +786,8 @@ def combine(
     hashes = [a.get("model_hash") for a in all_attrs]
     seen: dict[str, int] = {}
     for i, h in enumerate(hashes):
+        if h == EMPTY_MODEL_HASH:  # no parameters were hashed: it names no model
+            continue
         if isinstance(h, str) and h in seen and dim not in ("seed", "run", "replicate"):
             raise ValueError(
                 f"cannot combine along {dim!r}: trees[{seen[h]}] and trees[{i}] come from the "
