@@ -103,10 +103,12 @@ class TrainConfig(Common):
     out: str = _opt("runs/model", "run directory to create (model.pt, run.json, history.nc)")
     force: bool = _opt(False, "replace an existing run directory (and the results in it)")
     dataset: str = _opt(
-        "digits", "scikit-learn digits (8x8) or procedural dSprites (64x64)", choices=DATASETS
+        "digits",
+        "digits (8x8, scikit-learn), dsprites (64x64, procedural), mnist5k (28x28)",
+        choices=DATASETS,
     )
     n: int | None = _opt(
-        None, "number of images", check="positive", shown="dsprites 10000, digits all 1797"
+        None, "number of images", check="positive", shown="dsprites 10000; digits, mnist5k: all"
     )
     arch: str = _opt("mlp", "network (burgess: 64x64 only; lipschitz: [BAR] nets)", choices=ARCHS)
     lipschitz: float = _opt(
@@ -220,7 +222,9 @@ class ReportConfig:
 class ReproduceConfig(Common):
     out: str = _opt("pyrobust-reproduce", "directory for the reproduction's results")
     quick: bool = _opt(False, "tiny scale (for tests and a first look)")
-    datasets: list[str] = _opt(DATASETS, "datasets, comma separated", choices=DATASETS)
+    datasets: list[str] = _opt(
+        ("digits", "dsprites"), "datasets, comma separated", choices=DATASETS
+    )
     objectives: list[str] = _opt(
         ("vae", "beta-vae", "beta-tcvae"), "objectives, comma separated", choices=OBJECTIVES
     )

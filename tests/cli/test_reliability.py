@@ -176,7 +176,7 @@ def test_query_checks_inputs_and_output_before_loading(run_dir, tmp_path, capsys
         ("hidden = [16, 2.5]\n", "'hidden' (--hidden) must be an integer; got 2.5"),
         ("hidden = []\n", "must not be an empty list"),
         ("dataset = 3\n", "'dataset' (--dataset) must be a string; got 3 (int)"),
-        ('dataset = "cifar"\n', "'dataset' (--dataset) must be one of ['digits', 'dsprites']"),
+        ('dataset = "cifar"\n', "'dataset' (--dataset) must be one of ['digits', 'dsprites'"),
         ("resume = 1\n", "'resume' (--resume) must be true or false"),
         ("n = -5\n", "'n' (--n) must be positive"),
         ("lr = nan\n", "'lr' (--lr) must be finite"),
