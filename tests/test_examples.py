@@ -42,3 +42,31 @@ def test_custom_vae(capsys):
     assert rob["probability"].sizes == {"obs_id": 3}
     assert ((rob["ci_lower"] <= rob["probability"]) & (rob["probability"] <= rob["ci_upper"])).all()
     assert (out["margin"]["robustness"]["bound"] >= 0).all()
+
+
+def test_arviz_workflow(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    import numpy as np
+
+    example = _load("arviz_workflow")
+    args = argparse.Namespace(
+        betas=[1.0, 4.0], epochs=1, batch_size=256, latent_dim=2, hidden=16, lr=1e-2,
+        num_query=3, r=1.0, eps_max=1.0, num_eps=2, num_samples=40, seed=0, out=str(tmp_path),
+    )  # fmt: skip
+    out = example.main(args)
+    text = capsys.readouterr().out
+    assert "| beta | mean p_r at eps = 0 |" in text and "elpd_loo" in text
+    tree = out["tree"]
+    inside = tree["posterior_predictive"]["inside"]
+    assert inside.sizes == {"beta": 2, "chain": 1, "draw": 40, "obs_id": 3, "eps": 2}
+    np.testing.assert_array_equal(tree["robustness"]["beta"].values, [1.0, 4.0])
+    # ArviZ's mean of the indicator draws is pyrobust's probability
+    np.testing.assert_allclose(
+        out["summary"]["mean"].to_numpy(), tree["robustness"]["probability"].values.ravel()
+    )
+    assert (tmp_path / "forest.png").stat().st_size > 1000
+    for name, loo in out["loo"].items():
+        assert loo.elpd_i.shape == (3,), name
+        assert np.isfinite(float(loo.elpd))
+    dims = out["converted"]["beta=1"]["posterior_predictive"]["x"].dims
+    assert dims == ("chain", "draw", "obs_id", "channel", "row", "col")
