@@ -473,12 +473,21 @@ class Pair:
             "obs_event_shape": list(self.obs_event),
         }
 
-    def observed(self, x_event: tuple[int, ...]) -> tuple[dict, dict]:
-        """``observed_data`` group content and dims: the observed site's value at the inputs."""
+    def observed(self, x: torch.Tensor) -> tuple[dict, dict]:
+        """``observed_data`` content and dims: the observed site's value at the inputs ``x``.
+
+        When that value is ``x`` itself (same shape and values), ``x`` is observed and belongs
+        in ``observed_data`` only: see :meth:`x_is_observed`.
+        """
         if self.obs_value is None:
             return {}, {}
-        names = _output_dims(self.obs_event, x_event, self.obs_site)
+        names = _output_dims(self.obs_event, tuple(x.shape[1:]), self.obs_site)
         return {self.obs_site: self.obs_value}, {self.obs_site: ["obs_id", *names]}
+
+    def x_is_observed(self, x: torch.Tensor) -> bool:
+        """Whether the observed site's value at ``x`` is ``x`` itself."""
+        v = self.obs_value
+        return v is not None and v.shape == x.shape and bool(torch.equal(v, x.detach()))
 
     def subset(self, index: slice | torch.Tensor) -> Pair:
         """The pair restricted to some inputs (per-input arguments taken along).

@@ -636,7 +636,7 @@ def max_damage_attack(
         "damage": (("obs_id", "eps"), damage.reshape(e, n).T),
         "delta_norm": (("obs_id", "eps"), dnorm.reshape(e, n).T),
     }
-    observed, obs_dims = pair.observed(event)
+    observed, obs_dims = pair.observed(x)
     groups: dict = {"observed_data": observed} if observed else {}
     if r is not None:
         with pair.session(), torch.no_grad():
@@ -662,6 +662,8 @@ def max_damage_attack(
     if r is not None:
         constant["r"] = np.asarray(float(r))
     constant["delta"] = delta_out
+    if pair.x_is_observed(x):  # x is the observed value: it lives in observed_data
+        del constant["x"]
     groups["constant_data"] = constant
     return make_tree(
         groups,
@@ -910,18 +912,20 @@ def _targeted(
         )
     pix = list(event_dims(len(event)))
     t_dims = pix if kind == "latent" else list(output_dims(pair.obs_event, event, obs_site))
+    observed, obs_dims = pair.observed(x)
+    constant = {"x": x, "target": target, "delta": delta.reshape(g_len, n, *event).transpose(0, 1)}
+    if pair.x_is_observed(x):  # x is the observed value: it lives in observed_data
+        del constant["x"]
+    groups = {"constant_data": constant}
+    if observed:
+        groups["observed_data"] = observed
     return make_tree(
-        {
-            "constant_data": {
-                "x": x,
-                "target": target,
-                "delta": delta.reshape(g_len, n, *event).transpose(0, 1),
-            }
-        },
+        groups,
         dims={
             "x": ["obs_id", *pix],
             "target": ["obs_id", *t_dims],
             "delta": ["obs_id", dim, *pix],
+            **obs_dims,
         },
         coords={"obs_id": np.arange(n), dim: grid},
         summary={"robustness": summary},

@@ -376,10 +376,12 @@ def empirical_margin(
             "'robust'; otherwise broken",
         }
     pix = list(event_dims(len(event)))
-    observed, obs_dims = pair.observed(event)
+    observed, obs_dims = pair.observed(x)
     groups = {"constant_data": {"x": x, "r": np.asarray(r_val), "delta_above": delta_hi}}
     if observed:
         groups["observed_data"] = observed
+    if pair.x_is_observed(x):  # x is the observed value: it lives in observed_data
+        del groups["constant_data"]["x"]
     tree = make_tree(
         groups,
         dims={"x": ["obs_id", *pix], "delta_above": ["obs_id", *pix], "r": [], **obs_dims},

@@ -293,9 +293,11 @@ def margin_bound(
     groups: dict[str, dict[str, Any]] = {
         "constant_data": {"x": x, "r": r_user[0] if r_scalar else r_user}
     }
-    observed, obs_dims = pair.observed(tuple(x.shape[1:]))
+    observed, obs_dims = pair.observed(x)
     if observed:
         groups["observed_data"] = observed
+    if pair.x_is_observed(x):  # x is the observed value: it lives in observed_data
+        del groups["constant_data"]["x"]
     if auto is None:
         # the draws p_A is estimated from: mean of `inside` over (chain, draw) is p_a
         inside = dist.unsqueeze(-1) <= r_t.to(dist.dtype)

@@ -395,12 +395,14 @@ def r_robustness(
         "decision_rule": "1 (robust) if ci lower > 1/2; -1 (not robust) if ci upper < 1/2; "
         "else 0 (undecided)",
     }
-    observed, obs_dims = pair.observed(tuple(x.shape[1:]))
+    observed, obs_dims = pair.observed(x)
     groups: dict[str, dict[str, Any]] = {
         "constant_data": {"x": x, "delta": delta_out, "r": r_user[0] if r_scalar else r_user}
     }
     if observed:
         groups["observed_data"] = observed
+    if pair.x_is_observed(x):  # x is the observed value: it lives in observed_data
+        del groups["constant_data"]["x"]
     summary: dict[str, Any] = {
         "probability": (prob_dims, k.to(torch.float64) / n_draws),
         "ci": ((*prob_dims, "ci_bound"), ci_bound(lower, upper)),

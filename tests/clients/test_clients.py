@@ -380,7 +380,10 @@ def test_output_attack(client):
     assert tree["constant_data"]["target"].dims == ("obs_id", "feature")
     assert tree["constant_data"].sizes["feature"] == feature
     delta = _tensor(tree["constant_data"]["delta"].isel(eps=0)).to(client.x.dtype)
-    assert tree["constant_data"]["delta"].dims[2:] == tree["constant_data"]["x"].dims[1:]
+    # x lives in constant_data, or in observed_data when it is the observed site's value itself
+    holder = "constant_data" if "x" in tree["constant_data"].data_vars else "observed_data"
+    x_dims = tree[holder][client.sites.get("obs_site", "x") if holder == "observed_data" else "x"]
+    assert tree["constant_data"]["delta"].dims[2:] == x_dims.dims[1:]
     objective = _tensor(tree["robustness"]["objective"].isel(eps=0)).double()
     t = target.expand(len(client.x), *target.shape)
     mine, sd = neg_elbo(client, client.x + delta, t, num=M)

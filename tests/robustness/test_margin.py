@@ -181,7 +181,7 @@ def test_batched_jacobian_matches_autograd_for_conv_encoder():
         rtol=1e-10,
     )
     np.testing.assert_allclose(rob["min_scale"].values, scale.min(-1).values.numpy())
-    assert tree["constant_data"]["x"].dims == ("obs_id", "channel", "row", "col")
+    assert tree["observed_data"]["x"].dims == ("obs_id", "channel", "row", "col")
 
 
 class _NumpyTanh(torch.autograd.Function):

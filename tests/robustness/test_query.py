@@ -172,7 +172,7 @@ def test_tree_layout_and_settings(lg):
     assert len(attrs_model_hash := decode_attrs(tree.attrs)["model_hash"]) == 64
     assert attrs_model_hash == decode_attrs(rob.attrs)["model_hash"]
     np.testing.assert_array_equal(tree["constant_data"]["delta"].values, 0.0)
-    torch.testing.assert_close(torch.from_numpy(tree["constant_data"]["x"].values), x)
+    assert "x" not in tree["constant_data"].data_vars  # x is observed: observed_data only
     attrs = decode_attrs(rob.attrs)
     assert attrs["num_samples"] == 50 and attrs["confidence"] == 0.9 and attrs["seed"] == 7
     assert attrs["reference"] == "mean" and attrs["family"] is None and attrs["r"] == 0.5
