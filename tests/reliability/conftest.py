@@ -25,6 +25,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         f"other {counts['other']}; property-based: {counts['property_examples']} examples, "
         f"{counts['property_named']} named"
     )
+    for group, row in sorted(counts["by_group"].items()):
+        tr.write_line(
+            f"  {group}: {row['entry_points']} entry points, {row['inputs']} inputs, "
+            f"{row['named']} named, {row['pending']} pending"
+        )
     for area, n in sorted(counts["pending_by_area"].items()):
         tr.write_line(f"  pending in {area}: {n}")
     for outcome, n in sorted(counts["by_outcome"].items()):
@@ -43,12 +48,32 @@ def _counts(module) -> dict:
     pending = {k: v for k, v in table.items() if pending_reason.get(k)}
     areas = Counter(pending_reason[k].split(":")[0] for k in pending)
     entries = {v["entry"] for v in table.values()} | {v["entry"] for v in props.values()}
+    by_group: dict[str, dict] = {}
+    for k, v in table.items():
+        row = by_group.setdefault(
+            _group(v["entry"]), {"entry_points": set(), "inputs": 0, "named": 0, "pending": 0}
+        )
+        row["entry_points"].add(v["entry"])
+        row["inputs"] += 1
+        row["pending"] += int(k in pending)
+        row["named"] += int(k not in pending and v["outcome"] in ("named", "accepted"))
+    for row in by_group.values():
+        row["entry_points"] = len(row["entry_points"])
     return {
         "entry_points": len(entries),
         "inputs": len(table),
-        "named": sum(1 for k, v in table.items() if v["outcome"] == "named" and k not in pending),
+        "named": sum(
+            1
+            for k, v in table.items()
+            if v["outcome"] in ("named", "accepted") and k not in pending
+        ),
+        "by_group": by_group,
         "pending": len(pending),
-        "other": sum(1 for k, v in table.items() if v["outcome"] != "named" and k not in pending),
+        "other": sum(
+            1
+            for k, v in table.items()
+            if v["outcome"] not in ("named", "accepted") and k not in pending
+        ),
         "by_outcome": dict(by_outcome),
         "pending_by_area": dict(areas),
         "pending_cases": {k: {**table[k], "reason": pending_reason[k]} for k in pending},
@@ -58,3 +83,11 @@ def _counts(module) -> dict:
         "property_named": sum(v["named"] for v in props.values()),
         "entry_point_list": sorted(entries),
     }
+
+
+def _group(entry: str) -> str:
+    """The part of pyrobust an entry point belongs to (for the counts by group)."""
+    if entry.startswith("pyrobust "):
+        return "command line"
+    parts = entry.split(".")
+    return "robustness (pyrobust.__all__)" if len(parts) == 2 else f"pr.{parts[1]}"
