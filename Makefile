@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 # machines with an NVIDIA driver take the default build. Override with TORCH_SPEC=...
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.10" || echo "torch==2.13.0")
 
-.PHONY: install demo test test-slow test-gpu bench lint format clean
+.PHONY: install demo test test-slow test-gpu test-ray bench lint format clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ test-slow: install
 
 test-gpu: install
 	$(PY) -m pytest -q -m gpu
+
+# Ray is an optional extra: installed here, then only the `ray`-marked tests run
+# (pyrobust.audit on a local 2-CPU Ray cluster: same answers as the local engine, faults survived).
+test-ray: install
+	$(PY) -m pip install -q -e ".[ray]"
+	$(PY) -m pytest -q -m ray
 
 bench: install
 	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done

@@ -17,6 +17,7 @@ from pyrobust.robustness import (
     output_attack,
     r_robustness,
 )
+from pyrobust.robustness.audit import audit
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,8 @@ __all__ = [  # noqa: RUF022 - grouped by purpose
     "likelihood_degradation",
     "latent_attack",
     "output_attack",
+    # audits that outgrow one machine (sharded, resumable, optionally on Ray)
+    "audit",
     # subpackages
     "models",
     "inference",
