@@ -1,9 +1,8 @@
 """Private helpers of the site protocol for training and evaluation.
 
-Reading sites from traces, the extra arguments of conditional models (Predictive's
-convention), the dtype a model computes in, and finiteness checks of data. Kept here, rather
-than imported from :mod:`pyrobust.models.sites`, so that ``inference`` depends on nothing
-private of ``models``.
+The extra arguments of conditional models (Predictive's convention), the dtype a model
+computes in, and finiteness checks of data. Reading sites from traces is the site protocol's
+own (:mod:`pyrobust.models.sites`; ``inference`` depends on ``models``).
 """
 
 from __future__ import annotations
@@ -12,47 +11,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import pyro.distributions as dist
 import torch
-from pyro.poutine.subsample_messenger import _Subsample
 
-
-# --------------------------------------------------------------------------------------------
-# sites
-# --------------------------------------------------------------------------------------------
-def _sample_sites(trace) -> list[str]:
-    return [
-        n
-        for n, s in trace.nodes.items()
-        if s["type"] == "sample" and not isinstance(s["fn"], _Subsample)
-    ]
-
-
-def _get_site(trace, name: str, role: str, arg: str, owner: str) -> dict:
-    site = trace.nodes.get(name)
-    if site is None or site["type"] != "sample" or isinstance(site["fn"], _Subsample):
-        raise ValueError(
-            f"{owner} has no sample site named {name!r} ({role}); its sample sites are "
-            f"{_sample_sites(trace)}. Pass the right name with `{arg}=`."
-        )
-    return site
-
-
-def _diag_normal(fn, latent_site: str) -> tuple[torch.Tensor, torch.Tensor]:
-    base = fn
-    while isinstance(base, (dist.Independent, dist.MaskedDistribution)) or (
-        isinstance(base, torch.distributions.Independent)
-    ):
-        base = base.base_dist
-    if not isinstance(base, torch.distributions.Normal):
-        raise ValueError(
-            f"The guide's latent site {latent_site!r} must be a diagonal Normal, "
-            f"dist.Normal(loc, scale).to_event(1); found {type(fn).__name__} "
-            f"(base distribution {type(base).__name__}). pyrobust needs the encoder mean and "
-            "standard deviation; rewrite the guide's latent site as a diagonal Normal."
-        )
-    loc, scale = torch.broadcast_tensors(base.loc, base.scale)
-    return loc, scale
+from pyrobust.models.sites import _diag_normal, _get_site  # noqa: F401 (re-exported)
 
 
 # --------------------------------------------------------------------------------------------
