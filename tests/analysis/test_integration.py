@@ -38,7 +38,9 @@ def test_r_robustness_result_round_trip_summary_plot(tmp_path, setup, suffix):
     back = load(save(tree, tmp_path / f"r{suffix}"))
     for g in tree.children:
         xr.testing.assert_identical(tree[g].to_dataset(), back[g].to_dataset())
-    s = arviz_stats.summary(back, group="posterior_predictive", kind="stats")
+    s = arviz_stats.summary(
+        back, group="posterior_predictive", var_names=["distance"], kind="stats"
+    )
     assert len(s) == 4 * 3
     fig = plot_robustness_curve(back, path=tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 1000
@@ -80,7 +82,7 @@ def test_margin_bounds_combined_along_beta_and_reported(setup, tmp_path):
     assert "min_scale" in [a.get_title() for a in fig.axes]
     emp = trees[0]["robustness"]["bound"].values * 2
     fig = plot_margin_scatter(trees[0], emp)
-    assert fig.axes[0].get_title() == "Pearson r = 1.000"
+    assert fig.axes[0].get_title().startswith("Pearson r = 1.000 over 4 broken inputs")
     index = report([trees[0], sweep], tmp_path / "rep")
     text = index.read_text()
     assert text.count("data:image/png;base64,") == 1  # against beta (no empirical margins here)
@@ -124,3 +126,34 @@ def test_fit_history_round_trip_curves_and_summary(tmp_path):
         back, group="history", sample_dims=["step"], var_names=["loss"], kind="stats"
     )
     assert s.loc["loss", "mean"] == pytest.approx(float(back["history"]["loss"].mean()), rel=1e-2)
+
+
+def test_report_of_real_queries_states_findings(setup, tmp_path):
+    """r_robustness, margin_bound and empirical_margin of one model: headline and scatter."""
+    from pyrobust.robustness import empirical_margin
+
+    vae, x, _ = setup
+    run = tmp_path / "run"
+    run.mkdir()
+    rob = r_robustness(
+        vae.model, vae.guide, x, r=[0.5, 0.8], eps=[0.0, 0.5], family="sphere",
+        num_samples=200, seed=0,
+    )  # fmt: skip
+    bound = margin_bound(vae.model, vae.guide, x, r=0.8, num_samples=200, seed=0)
+    emp = empirical_margin(
+        vae.model, vae.guide, x, r=0.8, radius_max=3.0, bisection_steps=4, steps=5,
+        restarts=1, eot_samples=4, eval_samples=64, num_samples=200, box=None, seed=0,
+    )  # fmt: skip
+    paths = [save(t, run / f"{n}.nc") for n, t in (("r", rob), ("b", bound), ("e", emp))]
+    text = report(paths, tmp_path / "out").read_text()
+    findings = text[text.index("<h2>Findings</h2>") : text.index("<h3>Settings</h3>")]
+    codes = rob["robustness"]["decision"]
+    for eps in (0.0, 0.5):
+        for r in (0.5, 0.8):
+            c = codes.sel(eps=eps, radius=r).values
+            cells = [eps, r, (c == 1).sum(), (c == -1).sum(), (c == 0).sum(), 4]
+            assert "<tr>" + "".join(f"<td>{v:g}</td>" for v in cells) + "</tr>" in findings
+    b = bound["robustness"]["bound"].values
+    m = emp["robustness"]["margin"].values
+    assert f"bound ≤ empirical on <b>{(b <= m).sum()} of 4</b>" in findings
+    assert "alt='margin bound vs empirical margin'" in findings
