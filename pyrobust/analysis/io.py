@@ -177,8 +177,8 @@ def save(
     Parameters
     ----------
     tree : xarray.DataTree
-        A pyrobust result. Variables of dtype ``object`` are refused (they could only be
-        written with a pickle codec).
+        A pyrobust result. Variables of dtype ``object`` holding anything but ``str`` are
+        refused (they could only be written with a pickle codec).
     path : str or path-like
         Destination; its directory must exist.
     format : {"netcdf", "zarr"}, optional
@@ -275,10 +275,15 @@ def _check_path(path: Any, argname: str = "path") -> Path:
 
 
 def _check_writable_tree(tree: xr.DataTree) -> None:
-    """Refuse variables that netCDF/zarr could only store with a pickle (object) codec."""
+    """Refuse variables that netCDF/zarr could only store with a pickle (object) codec.
+
+    Object arrays of ``str`` are fine: they are written as variable-length UTF-8 strings.
+    """
     for node in tree.subtree:
         for name, var in {**node.data_vars, **node.coords}.items():
-            if var.dtype.kind in "OV":
+            if var.dtype.kind == "V" or (
+                var.dtype.kind == "O" and not all(isinstance(v, str) for v in var.values.flat)
+            ):
                 where = f"{node.path.rstrip('/')}/{name}".lstrip("/")
                 raise ValueError(
                     f"tree variable {where!r} has dtype {var.dtype} (Python objects), which result "
