@@ -103,6 +103,16 @@ def _output_dims(obs_event, x_event, obs_site) -> tuple[str, ...]:
     return names
 
 
+def _reads_x_shape_only(model) -> bool:
+    """True for :class:`pyrobust.models.VAE`'s own model, which reads only the shape, dtype
+    and device of ``x`` when the latent site is given (and the observed value, never scored by
+    the queries). Its draws can then be decoded with a zero-stride view instead of a copy of
+    ``x`` per draw. Any other model may use the values of ``x`` (a conditional decoder)."""
+    from pyrobust.models.vae import VAE
+
+    return getattr(model, "__func__", None) is VAE.model and isinstance(model.__self__, VAE)
+
+
 def _take(value: Any, n: int, index: torch.Tensor) -> Any:
     if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == n:
         return value[index.to(value.device)]
@@ -325,6 +335,7 @@ class Pair:
         self.obs_deterministic = False
         self.switched: list[str] = []
         self.params: list[torch.Tensor] = []
+        self.x_values_unused = _reads_x_shape_only(model)
         self._folded: dict[int, tuple[tuple, dict]] = {}
 
     # -- construction ------------------------------------------------------------------------
@@ -552,6 +563,16 @@ class Pair:
         handler = None if self.fast else _Centre(self.latent_site, only_extra=True)
         trace = self._guide_trace(x_rows, handler)
         return _diag_normal(trace.nodes[self.latent_site]["fn"], self.latent_site)
+
+    def rows_like(self, x: torch.Tensor, reps: int) -> torch.Tensor:
+        """``x`` (n, *event) repeated ``reps`` times for the model's data plate.
+
+        A copy, except for models that read only the shape of ``x`` (:func:`_reads_x_shape_only`),
+        which get a zero-stride view: no memory per draw.
+        """
+        if self.x_values_unused:
+            return x.new_zeros(()).expand(reps * x.shape[0], *x.shape[1:])
+        return x.expand(reps, *x.shape).reshape(reps * x.shape[0], *x.shape[1:])
 
     def decode(self, x_rows: torch.Tensor, values: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The observed site's mean given latent ``values``, ``(rows, *obs_event)``."""

@@ -181,6 +181,10 @@ def check_finite_distances(dist: torch.Tensor, obs_site: str) -> None:
         )
 
 
+def _copy_rows(x: torch.Tensor, reps: int) -> torch.Tensor:
+    return x.expand(reps, *x.shape).reshape(reps * x.shape[0], *x.shape[1:])
+
+
 def sample_distances(
     pair: Pair,
     x: torch.Tensor,
@@ -270,7 +274,7 @@ def sample_distances(
             ref = pair.centre(x).reshape(1, 1, n, -1)
         # The inputs repeated for a full chunk, built once: the model sees every code's own
         # input row in its data plate (what model_mean does per call, without a copy per chunk).
-        x_rep = x_dec.expand(chunk, *x_dec.shape).reshape(chunk * x_dec.shape[0], *event)
+        x_rep = pair.rows_like(x_dec, chunk) if pair.fast else _copy_rows(x_dec, chunk)
         # Without autograd, differences go to one reused buffer (no allocation per chunk).
         reuse, buf = not torch.is_grad_enabled(), None
         out = []

@@ -307,3 +307,20 @@ def test_return_sites_keeps_joint_guide_draws_in_posterior():
     np.testing.assert_allclose(d, np.abs(post["s"].values[0, ..., 0] * z - s_mean), rtol=1e-5)
     with pytest.raises(ValueError, match=r"`return_sites` names \['w'\]"):
         pr.r_robustness(_scale_model, _scale_guide, x, r=0.2, return_sites=["w"])
+
+
+def test_our_vae_decodes_from_a_view_of_x_with_the_same_answer():
+    from pyrobust.models import VAE, MLPDecoder, MLPEncoder
+
+    torch.manual_seed(0)
+    vae = VAE(MLPEncoder(16, 3, hidden=(8,)), MLPDecoder(3, 16, hidden=(8,)))
+    x = torch.rand(4, 16)
+    assert Pair.build(vae.model, vae.guide, x).x_values_unused
+    wrapped = Pair.build(lambda x: vae.model(x), vae.guide, x)
+    assert not wrapped.x_values_unused  # a user's function may read x's values: copied
+    kw = {"r": [0.5, 1.0], "delta": 0.1 * x, "num_samples": 64, "seed": 0, "max_batch": 40}
+    a = pr.r_robustness(vae.model, vae.guide, x, **kw)
+    b = pr.r_robustness(lambda x: vae.model(x), vae.guide, x, **kw)
+    np.testing.assert_array_equal(
+        a["posterior_predictive"]["distance"].values, b["posterior_predictive"]["distance"].values
+    )
