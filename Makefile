@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 # machines with an NVIDIA driver take the default build. Override with TORCH_SPEC=...
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.10" || echo "torch==2.13.0")
 
-.PHONY: install demo test test-slow test-gpu test-ray bench lint format clean
+.PHONY: install demo test test-slow test-gpu test-ray bench lint format clean docs docs-clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,18 @@ lint: install
 format: install
 	$(VENV)/bin/ruff format pyrobust tests benchmarks examples
 	$(VENV)/bin/ruff check --fix pyrobust tests benchmarks examples
+
+# The documentation site (docs/_build/html): offline, every warning an error, tutorials executed.
+$(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install -q -e ".[docs]"
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+	@echo "open docs/_build/html/index.html"
+
+docs-clean:
+	rm -rf docs/_build docs/generated docs/auto_tutorials
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
