@@ -139,6 +139,7 @@ def _draw_chunk(model, guide, data, s, model_args, model_kwargs, data_plate, obs
     model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(x, *args, **kwargs)
     posterior: dict[str, torch.Tensor] = {}
     event_ndims: dict[str, int] = {}
+    plates: dict[str, list[str | None]] = {}
     for name, site in guide_tr.nodes.items():
         if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
             continue
@@ -151,8 +152,10 @@ def _draw_chunk(model, guide, data, s, model_args, model_kwargs, data_plate, obs
                 "all sit in the data plate; for global latents use pyro.infer.Predictive and "
                 "arviz_base.from_dict."
             )
-        posterior[name] = _per_input(site["value"], _batch_axis(site, frame), s, n)
+        axis = _batch_axis(site, frame)
+        posterior[name] = _per_input(site["value"], axis, s, n)
         event_ndims[name] = site["fn"].event_dim
+        plates[name] = _plate_names(site, axis)
     observed = [
         name
         for name, site in model_tr.nodes.items()
@@ -216,7 +219,17 @@ def _draw_chunk(model, guide, data, s, model_args, model_kwargs, data_plate, obs
         for name, site in tr.nodes.items()
         if site["type"] == "param"
     }
-    return posterior, deterministic, ppc, loglik, obs_data, event_ndims, params
+    return posterior, deterministic, ppc, loglik, obs_data, (event_ndims, plates), params
+
+
+def _plate_names(site: dict, data_axis: int) -> list[str | None]:
+    """Names of the plates over the batch dims of ``site`` other than the data plate."""
+    batch_ndim = site["value"].dim() - site["fn"].event_dim
+    names: list[str | None] = [None] * batch_ndim
+    for frame in site["cond_indep_stack"]:
+        if frame.vectorized and 0 <= batch_ndim + frame.dim < batch_ndim:
+            names[batch_ndim + frame.dim] = frame.name
+    return [nm for i, nm in enumerate(names) if i != data_axis]
 
 
 def _plate_text(data_plate: str | None) -> str:
@@ -359,7 +372,7 @@ def from_pyro(
     ppc = _cat([p[2] for p in parts])
     loglik = _cat([p[3] for p in parts])
     obs_data = parts[0][4]
-    event_ndims, params = parts[0][5], parts[0][6]
+    (event_ndims, plates), params = parts[0][5], parts[0][6]
     clash = sorted(set(deterministic) & set(posterior))
     if clash:  # pragma: no cover - pyro forbids duplicate site names
         raise ValueError(f"from_pyro: site names {clash} appear in the guide and the model.")
@@ -367,9 +380,13 @@ def from_pyro(
     for name, value in {**posterior, **deterministic}.items():
         k = event_ndims.get(name, value.dim() - 2)
         extra = value.dim() - 2 - k  # batch dims other than the data plate
+        names = plates.get(name, [])
         all_dims[name] = [
             "obs_id",
-            *[f"{name}_plate_{i}" for i in range(extra)],
+            *[
+                names[i] if i < len(names) and names[i] else f"{name}_plate_{i}"
+                for i in range(extra)
+            ],
             *_event_dim_names(name, k, observed=False, latent=name == latent_site),
         ]
     for name, value in ppc.items():

@@ -730,7 +730,7 @@ def combine(
     >>> out["robustness"]["bound"].sel(beta=4.0).values.tolist()
     [4.0, 4.0, 4.0]
     """
-    from pyrobust._results import EMPTY_MODEL_HASH, standard_attrs
+    from pyrobust._results import EMPTY_MODEL_HASH, standard_attrs, strip_standard_attrs
 
     if isinstance(trees, xr.DataTree) or not isinstance(trees, Sequence) or len(trees) == 0:
         raise TypeError(
@@ -862,7 +862,7 @@ def combine(
             {
                 "combined_dim": dim,
                 "combined_kind": kinds[0],
-                "combined_settings": [settings(t) for t in trees],
+                "combined_settings": [strip_standard_attrs(settings(t)) for t in trees],
             }
         ),
         **std,

@@ -329,9 +329,11 @@ def _headline(name: str | None, results: list[tuple[str, xr.DataTree]], level: s
                 )
                 if "broken" in rob.data_vars:
                     unbroken = int((~rob["broken"].values.astype(bool)).sum())
+                    limit = attrs.get("radius_max")
+                    limit_text = "" if limit is None else f" {_plain(limit)}"
                     text += (
                         f"; {unbroken} of {values.size} inputs not broken within the search "
-                        f"limit {_plain(attrs.get('radius_max'))} (their margin is at least that)"
+                        f"limit{limit_text} (their margin is at least that)"
                     )
                 items.append(text + "</li>")
     for label, tree in results:

@@ -200,3 +200,27 @@ def test_refusals():
         from_pyro(vae.model, vae.guide, x, num_samples=0)
     with pytest.raises(TypeError, match="model_args must be a tuple"):
         from_pyro(vae.model, vae.guide, x, num_samples=2, model_args=[1])
+
+
+def test_dims_from_nested_plates():
+    """A latent per (input, group) in a nested plate gets the plate's name as its dim."""
+
+    def model(x):
+        with pyro.plate("data", len(x), dim=-2):
+            with pyro.plate("groups", 3, dim=-1):
+                u = pyro.sample("u", dist.Normal(torch.zeros(len(x), 3), 1.0))
+            pyro.sample("x", dist.Normal(u.sum(-1, keepdim=True), 1.0), obs=x)  # (n, 1)
+
+    def guide(x):
+        with pyro.plate("data", len(x), dim=-2):
+            with pyro.plate("groups", 3, dim=-1):
+                pyro.sample("u", dist.Normal(x.expand(len(x), 3) / 3, 0.5))
+
+    x = torch.randn(4, 1)
+    tree = from_pyro(model, guide, x, num_samples=7, seed=0, max_batch=10)
+    assert tree["posterior"]["u"].dims == ("chain", "draw", "obs_id", "groups")
+    assert tree["posterior"]["u"].shape == (1, 7, 4, 3)
+    # the draws follow the guide: per input, loc x/3 for each group
+    u = torch.from_numpy(tree["posterior"]["u"].values[0])
+    ll = dist.Normal(u.sum(-1, keepdim=True), 1.0).log_prob(x).sum(-1)
+    np.testing.assert_allclose(tree["log_likelihood"]["x"].values[0], ll.numpy(), rtol=1e-6)
