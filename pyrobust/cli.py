@@ -1219,7 +1219,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, OSError, FloatingPointError, KeyError) as err:
         if debug:
             raise
-        print(f"{label}: error: {_one_line(err)}", file=sys.stderr)
+        hint = ""
+        if isinstance(err, UsageError):
+            hint = f"; see `{label} --help`"
+        print(f"{label}: error: {_one_line(err)}{hint}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as err:
         # Allocation failures (huge --latent-dim, --hidden, --num-samples) are a setting's
