@@ -287,6 +287,7 @@ def certified_margin(
     gamma: float | None = None,
     tail: str = "inglot",
     latent_site: str = "z",
+    obs_site: str = "x",
     model_args: tuple = (),
     model_kwargs: dict | None = None,
 ):
@@ -330,6 +331,9 @@ def certified_margin(
         probability is bounded, not the distribution).
     latent_site : str, default "z"
         Name of the latent site.
+    obs_site : str, default "x"
+        Name of the observed site, recorded in the attrs (the certificate reads the decoder
+        only through its Lipschitz constant ``a``), for the signature every query shares.
     model_args, model_kwargs : tuple, dict, optional
         Extra arguments of ``guide(x, *model_args, **model_kwargs)``.
 
@@ -368,6 +372,7 @@ def certified_margin(
     tail = _check_tail(tail)
     x = check_inputs(x)
     latent_site = check_site_name(latent_site, "latent_site")
+    obs_site = check_site_name(obs_site, "obs_site")
     a, b, c, gamma, source = _resolve(model, guide, a, b, c, gamma)
     pair = Pair.build_guide(
         guide, x, model_args=model_args, model_kwargs=model_kwargs, latent_site=latent_site
@@ -398,7 +403,7 @@ def certified_margin(
     if sweep:  # the caller's values (float64), not the model's dtype
         coords["radius"] = np.asarray(to_numpy(r), dtype=np.float64)
     attrs = {
-        "function": "certified_margin",
+        "query": "certified_margin",
         "reference": "sample",
         "a": a,
         "b": b,
@@ -409,6 +414,8 @@ def certified_margin(
         "u_star": u_star,
         "latent_dim": m,
         "latent_site": latent_site,
+        "obs_site": obs_site,
+        **pair.identity(),
         "paper": "Barrett et al. 2022, arXiv:2102.07559",
     }
     if not sweep:
