@@ -66,14 +66,16 @@ def _opt(
     shown: str | None = None,
     required: bool = False,
     positional: bool = False,
+    unique: bool = True,
 ):
     """A settings field: its flag's help, value check and the default as ``--help`` shows it.
 
     ``check`` is one of ``"positive"`` (> 0), ``"nonneg"`` (>= 0), ``"unit"`` (in (0, 1)),
-    ``"seed"``, ``"threads"``; ``shown`` replaces the default in ``--help`` (e.g. for ``None``).
+    ``"seed"``, ``"threads"``; ``shown`` replaces the default in ``--help`` (e.g. for ``None``);
+    a list setting holds distinct values unless ``unique=False``.
     """
     meta = {"help": help, "check": check, "choices": choices, "shown": shown}
-    meta.update(required=required, positional=positional)
+    meta.update(required=required, positional=positional, unique=unique)
     return field(default=default, metadata=meta)
 
 
@@ -115,7 +117,9 @@ class TrainConfig(Common):
         5.0, "Lipschitz constant of each lipschitz-arch network", check="positive"
     )
     latent_dim: int = _opt(8, "latent dimension", check="positive")
-    hidden: list[int] = _opt((256,), "hidden widths of mlp nets, comma separated", check="positive")
+    hidden: list[int] = _opt(
+        (256,), "hidden widths of mlp nets, comma separated", check="positive", unique=False
+    )
     likelihood: str = _opt("bernoulli", "likelihood of the pixels", choices=LIKELIHOODS)
     objective: str = _opt("vae", "training objective", choices=OBJECTIVES)
     beta: float = _opt(1.0, "disentangling weight of the objective", check="positive")
@@ -367,6 +371,11 @@ def _check_field(value, tp, name: str, meta):
             raise ValueError(f"setting {name!r} ({_flag(name)}) must not be an empty list.")
         for item in value:
             _check_value(item, scalar, name, meta)
+        if meta.get("unique", True) and len(set(value)) != len(value):
+            repeated = sorted({v for v in value if list(value).count(v) > 1})
+            raise ValueError(
+                f"setting {name!r} ({_flag(name)}) repeats {repeated}; give each value once."
+            )
         return list(value)
     _check_value(value, scalar, name, meta)
     return value

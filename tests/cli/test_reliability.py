@@ -113,6 +113,8 @@ def test_choices_agree_with_the_library():
         (["metrics", "--num-bootstrap", "-2", "--run", "x"], "must be >= 0"),
         (["demo", "--r", "inf"], "argument --r: expected a finite number"),
         (["reproduce", "--betas", "1,0"], "'betas' (--betas) must be positive"),
+        (["robustness", "--r", "0.5,1,0.5", "--run", "x"], "'r' (--r) repeats [0.5]"),
+        (["reproduce", "--datasets", "digits,digits"], "repeats ['digits']"),
     ],
 )
 def test_bad_setting_is_named_before_any_work(argv, message, tmp_path, capsys, monkeypatch):
@@ -602,3 +604,9 @@ def test_settings_too_large_for_memory_are_one_line(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
     assert main(["train", "--dataset", "dsprites", "--n", str(10**9), "--out", str(out)]) == 2
     one_line_error(capsys, "at most 737280 for dsprites")
+
+
+def test_hidden_widths_may_repeat():
+    from pyrobust.cli import make_config
+
+    assert make_config("train", {"hidden": [16, 16]}).hidden == [16, 16]
