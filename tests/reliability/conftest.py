@@ -78,6 +78,7 @@ def _counts(module) -> dict:
         "pending_by_area": dict(areas),
         "pending_cases": {k: {**table[k], "reason": pending_reason[k]} for k in pending},
         "not_named": {k: v for k, v in table.items() if v["outcome"] != "named"},
+        "cases": table,
         "property_tests": props,
         "property_examples": sum(v["examples"] for v in props.values()),
         "property_named": sum(v["named"] for v in props.values()),
