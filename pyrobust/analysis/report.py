@@ -205,9 +205,9 @@ def _decision_table(codes: xr.DataArray) -> tuple[str, list[str]]:
     for d in list(counts.dims):
         if d not in counts.coords:
             counts = counts.assign_coords({d: np.arange(counts.sizes[d])})
-    rows = ["radius" if d == "radius" else d for d in counts.dims]
-    if counts.dims:
-        frame = counts.to_dataframe()[["robust", "not robust", "undecided", "inputs"]]
+    rows = [d for d in codes.dims if d != "obs_id"]  # the query's own dim order
+    if rows:
+        frame = counts.to_dataframe(dim_order=rows)[["robust", "not robust", "undecided", "inputs"]]
         records = frame.reset_index().to_dict("records")
     else:
         records = [{k: int(counts[k]) for k in ("robust", "not robust", "undecided", "inputs")}]
