@@ -254,6 +254,13 @@ def margin_bound(
         ord_ = 2 if norm == "spectral" else "fro"
         jac_norm = torch.linalg.matrix_norm(jac_flat, ord=ord_).to(torch.float64)  # (n,)
         min_scale = scale.min(dim=-1).values.to(torch.float64)  # (n,)
+        bad = ~(torch.isfinite(jac_norm) & torch.isfinite(min_scale))
+        if bool(bad.any()):
+            raise ValueError(
+                "The encoder's Jacobian or standard deviation is NaN/inf for input(s) obs_id="
+                f"{torch.nonzero(bad).flatten().tolist()[:20]}; no margin can be certified "
+                "there. Check the encoder's weights for NaN and its inputs' range."
+            )
         vacuous = p_used <= 0.5
         ratio = min_scale.unsqueeze(-1) * torch.special.ndtri(p_used) / jac_norm.unsqueeze(-1)
         bound = torch.where(vacuous, torch.zeros_like(ratio), ratio)

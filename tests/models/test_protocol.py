@@ -324,3 +324,20 @@ def test_our_vae_decodes_from_a_view_of_x_with_the_same_answer():
     np.testing.assert_array_equal(
         a["posterior_predictive"]["distance"].values, b["posterior_predictive"]["distance"].values
     )
+
+
+def test_margin_bound_refuses_a_nan_jacobian():
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample(
+                "z", dist.Normal(x * torch.sqrt(x - 1.0).nan_to_num(0.0) + x, 0.1).to_event(1)
+            )
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 0.1).to_event(1), obs=x)
+
+    # sqrt(x - 1) at x = 0 is NaN (zeroed in the value), but its derivative stays NaN
+    with pytest.raises(ValueError, match=r"Jacobian or standard deviation is NaN/inf"):
+        pr.margin_bound(model, guide, torch.zeros(2, 1), r=0.5, confidence=0.9, num_samples=50)
