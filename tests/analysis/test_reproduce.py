@@ -104,7 +104,7 @@ def test_summary_says_yes_only_when_the_interval_excludes_the_opposite_sign():
     bound = np.stack([base * k for k in (1.0, 2.0, 4.0)])
     emp = 4.0 * bound * rng.uniform(0.9, 1.1, bound.shape)
     tree = _tree(bound, emp, np.ones_like(bound, dtype=bool))
-    claims = _claims(rep.summarize(tree), num_bootstrap=200)
+    claims = _claims(rep.summarize(tree, num_bootstrap=200))
     key = "the bound grows with β (β-VAE, Spearman over β of the medians)"
     assert claims[key] == "yes"
     assert claims["‖J‖_F shrinks with β (β-VAE, Spearman over β of the medians)"] == "yes"
@@ -114,7 +114,7 @@ def test_summary_says_yes_only_when_the_interval_excludes_the_opposite_sign():
     # noise only: no trend, and the verdict is not "yes"
     noise = rng.uniform(0.1, 1.0, (3, n))
     tree = _tree(noise, 4.0 * noise, np.ones_like(noise, dtype=bool))
-    claims = _claims(rep.summarize(tree), num_bootstrap=200)
+    claims = _claims(rep.summarize(tree, num_bootstrap=200))
     assert claims[key] != "yes"
 
 
