@@ -338,7 +338,17 @@ def test_metrics_same_seed_same_bits(tmp_path):
     for i in range(2):
         torch.manual_seed(1000 + i)
         out = tmp_path / f"metrics{i}.nc"
-        argv = ["metrics", "--run", str(run), "--num-bootstrap", "2", "--seed", "5"]
+        argv = [
+            "metrics",
+            "--run",
+            str(run),
+            "--n-inputs",
+            "30",
+            "--num-bootstrap",
+            "2",
+            "--seed",
+            "5",
+        ]
         assert main([*argv, "--out", str(out)]) == 0
         outs.append(values(out))
     assert same_values(*outs)
