@@ -197,3 +197,16 @@ def test_combined_queries_of_two_models(lg):
     np.testing.assert_allclose(
         s["mean"].to_numpy(), combined["robustness"]["probability"].values.ravel()
     )
+
+
+def test_output_attack(lg):
+    vae, x = lg
+    tree = pr.output_attack(vae.model, vae.guide, x, x.flip(0), eps=0.3, steps=3, box=None, seed=0)
+    _check_schema(tree, x)
+
+
+def test_certified_margin(lg):
+    vae, x = lg
+    tree = pr.certified_margin(vae.model, vae.guide, x, r=1.0, a=vae.spectral_norm, b=1e-6, c=1.0)
+    _check_schema(tree, x)
+    assert tree["robustness"]["certified_margin"].dims == ("obs_id",)
