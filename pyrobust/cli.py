@@ -594,7 +594,8 @@ def _make_dir(path: Path, flag: str) -> Path:
 
 
 def _result_path(cfg: QueryConfig, name: str) -> Path:
-    """The checked output file of a query; its directory is created, nothing is overwritten."""
+    """The checked output file of a query: in an existing, writable directory (a typo in a
+    path does not create directories), and replaced only with ``--force``."""
     out = Path(cfg.out) if cfg.out else Path(cfg.run) / f"{name}.nc"
     flag = "--out" if cfg.out else f"--run {cfg.run}:"
     if out.is_dir() and out.suffix.lower() != ".zarr":
@@ -605,7 +606,13 @@ def _result_path(cfg: QueryConfig, name: str) -> Path:
         )
     if out.exists() and not cfg.force:
         raise ValueError(f"{flag} {out} exists; pass --force to replace it, or --out another file.")
-    _make_dir(out.parent, "--out")
+    if not out.parent.is_dir():
+        raise ValueError(
+            f"--out {out}: the directory {out.parent} does not exist; create it first "
+            f"(mkdir -p {out.parent})."
+        )
+    if not os.access(out.parent, os.W_OK):
+        raise ValueError(f"--out {out}: the directory {out.parent} is not writable.")
     return out
 
 

@@ -158,10 +158,11 @@ def test_query_checks_inputs_and_output_before_loading(run_dir, tmp_path, capsys
     assert main(["margin", "--run", str(tmp_path / "none")]) == 2
     one_line_error(capsys, "expected a run directory")
     assert not (tmp_path / "none").exists()
-    # the output's directory is created
-    out = tmp_path / "new" / "deeper" / "m.nc"
-    assert main(["margin", *base, "--n-inputs", "1", "--num-samples", "20", "--out", str(out)]) == 0
-    assert out.is_file()
+    # a missing directory is named, not created (like pr.analysis.save)
+    out = tmp_path / "new" / "m.nc"
+    assert main(["margin", *base, "--n-inputs", "1", "--out", str(out)]) == 2
+    one_line_error(capsys, f"the directory {out.parent} does not exist")
+    assert not out.parent.exists()
 
 
 # --------------------------------------------------------------------------------------------
