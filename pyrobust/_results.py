@@ -443,7 +443,8 @@ def make_tree(
             ds = ds.assign_coords(ci_bound=np.array(CI_BOUNDS))
         for key, var in ds.data_vars.items():
             if (key == "decision" or str(key).startswith("decision_")) and var.dtype.kind == "i":
-                var.attrs.update(decision_attrs(ds.attrs.get("confidence")))
+                level = enc.get("confidence")
+                var.attrs.update(decision_attrs(level if isinstance(level, float) else None))
         ds.attrs.update(enc)
         tree[group] = xr.DataTree(ds)
     return tree
