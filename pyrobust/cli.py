@@ -1004,10 +1004,13 @@ def cmd_robustness(cfg: RobustnessConfig) -> None:
         confidence=cfg.confidence,
         seed=cfg.seed,
     )
+    _save(tree, out, cfg, _identity(cfg, train_cfg))  # saved first: printing never loses it
     rob = tree["robustness"].to_dataset()
-    print(f"decisions (of {x.shape[0]} inputs) at the {cfg.confidence:g} level:")
-    print(_decision_counts(rob).to_string())
-    _save(tree, out, cfg, _identity(cfg, train_cfg))
+    if "decision" in rob:
+        print(f"decisions (of {x.shape[0]} inputs) at the {cfg.confidence:g} level:")
+        print(_decision_counts(rob).to_string())
+    else:
+        print(_table(rob))
 
 
 def cmd_margin(cfg: MarginConfig) -> None:
@@ -1026,8 +1029,8 @@ def cmd_margin(cfg: MarginConfig) -> None:
         confidence=cfg.confidence,
         seed=cfg.seed,
     )
-    print(_table(tree["robustness"].to_dataset()))
     _save(tree, out, cfg, _identity(cfg, train_cfg))
+    print(_table(tree["robustness"].to_dataset()))
 
 
 def _table(ds, rows: int = 20) -> str:
@@ -1068,8 +1071,8 @@ def cmd_attack(cfg: AttackConfig) -> None:
             r=cfg.r,
             seed=cfg.seed,
         )
-    print(_table(tree["robustness"].to_dataset()))
     _save(tree, out, cfg, _identity(cfg, train_cfg))
+    print(_table(tree["robustness"].to_dataset()))
 
 
 def cmd_certify(cfg: CertifyConfig) -> None:
@@ -1078,8 +1081,8 @@ def cmd_certify(cfg: CertifyConfig) -> None:
     vae, train_cfg, split, out = _prepare(cfg, "certify")
     x = _inputs(cfg, split)
     tree = certified_margin(vae.model, vae.guide, x, r=cfg.r, a=cfg.a, b=cfg.b, c=cfg.c)
-    print(_table(tree["robustness"].to_dataset()))
     _save(tree, out, cfg, _identity(cfg, train_cfg))
+    print(_table(tree["robustness"].to_dataset()))
 
 
 def cmd_metrics(cfg: MetricsConfig) -> None:
@@ -1095,8 +1098,8 @@ def cmd_metrics(cfg: MetricsConfig) -> None:
         codes, _ = vae.encode(x)
     factors = split.test_factors[:n, 1:]  # the colour factor is constant
     tree = disentanglement(codes, factors, num_bootstrap=cfg.num_bootstrap, seed=cfg.seed)
-    print(tree["metrics"].to_dataset())
     _save(tree, out, cfg, _identity(cfg, train_cfg))
+    print(tree["metrics"].to_dataset())
 
 
 def cmd_report(cfg: ReportConfig) -> None:
