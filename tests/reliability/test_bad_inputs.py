@@ -86,6 +86,7 @@ MODELS = "models nets/vae/lipschitz (no owner this round)"
 COMBINE = "analysis.combine (issue 14 analysis engineer)"
 REPORT = "analysis.report (issue 14 analysis engineer)"
 METRICS = "analysis.metrics (no owner this round)"
+AUDIT = "audit (issue 17 engineer)"
 
 
 @dataclass(frozen=True)
@@ -1010,6 +1011,47 @@ def _cli_cases() -> list[Case]:
 # ---- the table, its expected failures, and the test ---------------------------------------------
 
 
+def _audit(tmp: Path, **kwargs):
+    settings_ = {
+        "queries": {"r_robustness": {"r": 1.0, "num_samples": 8}},
+        "out": tmp / "audit.zarr",
+        "shard_size": 2,
+        "seed": 0,
+        "progress": False,
+        **kwargs,
+    }
+    model = settings_.pop("model", VAE_)
+    data = settings_.pop("data", X)
+    return pr.audit(model, data, **settings_)
+
+
+def _audit_cases() -> list[Case]:
+    def au(bad, arg, files=(ValueError, TypeError), **kwargs):
+        return Case("pr.audit", bad, arg, lambda t: _audit(t, **kwargs), files=files)
+
+    return [
+        au("data with NaN", "data", data=_with(X, 2, NAN)),
+        au("data empty", "data", data=torch.rand(0, 4)),
+        au("data of the wrong event shape", "data", data=torch.rand(3, 6)),
+        au("model a number", "model_or_run", model=42),
+        au("model a missing run", "model_or_run", files=_FILE, model="/nonexistent/run"),
+        au("queries unknown", "queries", queries={"robustest": {}}),
+        au("queries with a bad setting", "r", queries={"r_robustness": {"r": -1.0}}),
+        au("engine unknown", "engine", engine="spark"),
+        au("shard_size 0", "shard_size", shard_size=0),
+        au("max_retries negative", "max_retries", max_retries=-1),
+        au("threads 0", "threads", threads=0),
+        au("device unknown", "device", device="tpu"),
+        au("overwrite a string", "overwrite", overwrite="yes"),
+        Case(
+            "pr.audit",
+            "out a directory that is not a store",
+            "out",
+            lambda t: _audit(t, out=_project(t), overwrite=True),
+        ),
+    ]
+
+
 def _d(entry, bad, arg, fn, xfail=None, files=(ValueError, TypeError)):
     return Case(f"pr.data.{entry}", bad, arg, fn, xfail, files)
 
@@ -1129,6 +1171,7 @@ def _metric_cases() -> list[Case]:
 
 CASES: list[Case] = [
     *_query_cases(),
+    *_audit_cases(),
     *_data_cases(),
     *_metric_cases(),
     *_model_cases(),
@@ -1153,6 +1196,12 @@ PENDING: dict[str, str] = {
     "pr.models.VAE.model|x of the wrong event shape": f"{MODELS}: model(x) runs with x of "
     "the wrong shape (the observed site is not checked until log_prob)",
     "pr.models.bjorck_orthonormalize|weight with NaN": f"{MODELS}: NaN weight gives NaN",
+    "pr.audit|data with NaN": f"{AUDIT}: the query's error names x, not data",
+    "pr.audit|queries unknown": f"{AUDIT}: 'Unknown query', not queries",
+    "pr.audit|device unknown": f"{AUDIT}: raw torch RuntimeError for device='tpu'",
+    "pr.audit|overwrite a string": f"{AUDIT}: overwrite='yes' accepted as True",
+    "pr.audit|out a directory that is not a store": f"{AUDIT}: with overwrite=True the "
+    "directory's files are deleted (thesis.tex lost), as save() did before issue 13 item 5",
     "pr.analysis.report|empty list": f"{REPORT}: the message does not name trees_or_paths",
     "pr.analysis.sap|codes 1-d": f"{METRICS}: 1-d codes accepted",
     **{
