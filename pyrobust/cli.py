@@ -433,6 +433,8 @@ def _config_path(argv: list[str]) -> str | None:
 def _read_config(path: str, command: str) -> dict:
     """The settings of ``command`` in the TOML/YAML file ``path`` (flat keys and its table)."""
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"--config {path}: is a directory; give a TOML or YAML file.")
     if not p.is_file():
         raise FileNotFoundError(f"--config {path}: no such file.")
     try:

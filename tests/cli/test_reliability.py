@@ -213,6 +213,26 @@ def test_yaml_errors_are_one_line(text, message, tmp_path, capsys):
     one_line_error(capsys, message)
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("a = " + "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        (b"\xff\xfe", "cannot read the file"),
+        (None, "is a directory"),
+    ],
+)
+def test_unreadable_config_files_are_one_line(content, message, tmp_path, capsys):
+    cfg = tmp_path / "run.toml"
+    if content is None:
+        cfg.mkdir()
+    elif isinstance(content, bytes):
+        cfg.write_bytes(content)
+    else:
+        cfg.write_text(content)
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r")]) == 2
+    one_line_error(capsys, message)
+
+
 def test_required_setting_may_come_from_the_config(run_dir, tmp_path):
     cfg = tmp_path / "q.toml"
     cfg.write_text(f'[margin]\nrun = "{run_dir}"\nn_inputs = 1\nnum_samples = 20\n')
