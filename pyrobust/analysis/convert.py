@@ -325,7 +325,8 @@ def from_pyro(
     of :math:`\log p(x_n)`, whose importance weights have heavy tails: expect Pareto
     :math:`\hat k > 0.7` and take ``loo`` as a diagnostic that ranks models fitted to the same
     data. ``pyrobust.inference.importance_log_likelihood`` is the better estimate of
-    :math:`\log p(x_n)` itself.
+    :math:`\log p(x_n)` itself. ``arviz_plots.plot_ppc_pit`` (0.8) takes one value per
+    observation, so it works on a scalar observed site; ``plot_ppc_dist`` works on any.
 
     Examples
     --------

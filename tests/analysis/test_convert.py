@@ -102,6 +102,20 @@ def test_arviz_plots_run(lg, tmp_path):
     pc = arviz_plots.plot_ppc_dist(tree, backend="matplotlib")
     pc.savefig(tmp_path / "ppc.png")
     assert (tmp_path / "ppc.png").stat().st_size > 1000
+    # plot_ppc_pit (arviz_plots 0.8) takes one value per observation: a scalar observed site
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros(len(x)), 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(x / 2, 0.5**0.5))
+
+    scalar = from_pyro(model, guide, torch.randn(30), num_samples=100, seed=0)
+    assert scalar["observed_data"]["x"].dims == ("obs_id",)
+    arviz_plots.plot_ppc_pit(scalar, backend="matplotlib")
 
 
 def test_same_seed_same_bits_and_global_rng_untouched(lg):
