@@ -142,7 +142,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--num-samples", type=int, default=200)
-    parser.add_argument("--shard-size", type=int, default=250)
+    parser.add_argument("--shard-size", type=int, default=500)
     parser.add_argument("--workers", type=int, default=2, help="Ray workers (0: skip Ray)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of parts 1")
     parser.add_argument("--repeats", type=int, default=3)

@@ -84,7 +84,9 @@ class Query:
         Keyword arguments that hold one entry per input, and the axis that runs over the
         inputs; they are sliced shard by shard. Tensors shaped like the data (axis 0) or like a
         stack of it, ``(m, *data.shape)`` (axis 1), e.g. a ``delta`` or a ``target``, are
-        found without being named here.
+        found without being named here, and so are the tensors in ``model_args`` /
+        ``model_kwargs`` whose leading dim is the number of inputs (they follow their input,
+        as in every query).
 
     Examples
     --------
@@ -417,10 +419,29 @@ def _per_input(queries: dict[str, Query], data: torch.Tensor) -> dict[str, dict[
     return out
 
 
-def _slice_per_input(queries, axes, start: int, stop: int) -> dict[str, dict[str, Any]]:
+def _is_per_input(value: Any, n: int) -> bool:
+    return isinstance(value, torch.Tensor | np.ndarray) and value.ndim >= 1 and value.shape[0] == n
+
+
+def _slice_model_arguments(value: Any, n: int, start: int, stop: int) -> Any:
+    """``model_args``/``model_kwargs`` of one shard: per-input tensors (leading dim ``n``, as in
+    the site protocol) are cut to the shard, everything else is passed as it is."""
+    if isinstance(value, Mapping):
+        return {k: _slice_model_arguments(v, n, start, stop) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return type(value)(_slice_model_arguments(v, n, start, stop) for v in value)
+    if _is_per_input(value, n):
+        return value[start:stop]
+    return value
+
+
+def _slice_per_input(queries, axes, start: int, stop: int, n: int) -> dict[str, dict[str, Any]]:
     out = {}
     for label, keys in axes.items():
         sliced = {}
+        for key in ("model_args", "model_kwargs"):
+            if key in queries[label].kwargs:
+                sliced[key] = _slice_model_arguments(queries[label].kwargs[key], n, start, stop)
         for key, axis in keys.items():
             value = queries[label].kwargs[key]
             index = (slice(None),) * axis + (slice(start, stop),)
@@ -548,7 +569,8 @@ class _Store:
                     continue
                 path = f"{label}/{group}"
                 tmpl = _strings_to_objects(ds.isel({_SHARD_DIM: slice(0, 1)}).copy())
-                encoding = {}
+                # the obs_id coordinate: one chunk (written once); variables: one chunk per shard
+                encoding = {_SHARD_DIM: {"chunks": (n,)}}
                 for name in tmpl.variables:
                     var = tmpl[name]
                     if _SHARD_DIM in var.dims and name != _SHARD_DIM:
@@ -749,7 +771,7 @@ def audit(
     queries: Any,
     out: str | os.PathLike = "audit.zarr",
     engine: str = "local",
-    shard_size: int = 256,
+    shard_size: int = 1024,
     seed: int | None = None,
     address: str | None = None,
     num_workers: int | None = None,
@@ -797,7 +819,7 @@ def audit(
     engine : {"local", "ray"}, default "local"
         ``"local"`` runs the shards one after another in this process; ``"ray"`` on Ray
         actors (the ``ray`` extra), each loading the model once.
-    shard_size : int, default 256
+    shard_size : int, default 1024
         Inputs per shard (and per zarr chunk). Part of the answer: the same seed with another
         shard size draws other noise.
     seed : int, optional
@@ -957,7 +979,7 @@ def audit(
             s,
             starts[s],
             data[starts[s] : stops[s]],
-            _slice_per_input(qs, axes, starts[s], stops[s]),
+            _slice_per_input(qs, axes, starts[s], stops[s], n),
             seeds[s],
         )
         for s in range(len(starts))

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 import xarray as xr
@@ -124,9 +126,41 @@ def test_probabilities_land_on_their_inputs(lg, tmp_path):
     p = tree["r_robustness/robustness"]["probability"].values
     exact = lg.p_robust(r, delta)
     assert np.all(np.abs(p - exact) < 4 * np.sqrt(exact * (1 - exact) / 4000) + 1e-3)
-    # decisions of several lengths ("robust", "not robust") survive the store untruncated
-    decisions = set(tree["r_robustness/robustness"]["decision"].values.astype(str))
-    assert {"robust", "not robust"} <= decisions
+
+
+def _labelled(model, guide, x, *, seed):
+    """A callable query: strings longer in later shards, a per-input number and a constant."""
+    n = x.shape[0]
+    labels = np.array(["x" * int(1 + v) for v in x[:, 0].abs().mul(4).tolist()])
+    return xr.DataTree.from_dict(
+        {
+            "robustness": xr.Dataset(
+                {
+                    "label": ("obs_id", labels),
+                    "total": ("obs_id", x.sum(-1).numpy()),
+                    "num_features": ((), x.shape[1]),
+                },
+                coords={"obs_id": np.arange(n)},
+            )
+        }
+    )
+
+
+def test_a_callable_query_with_strings_of_any_length(lg, tmp_path):
+    x = torch.arange(7, dtype=lg.dtype)[:, None] * torch.ones(7, lg.d_x, dtype=lg.dtype)
+    tree = audit(
+        (lg.model, lg.guide),
+        x,
+        out=tmp_path / "a.zarr",
+        shard_size=3,
+        seed=1,
+        queries={"q": Query(_labelled, groups=("robustness",))},
+        progress=False,
+    )
+    ds = tree["q/robustness"].to_dataset().load()
+    assert ds["label"].values.astype(str).tolist() == ["x" * (1 + 4 * i) for i in range(7)]
+    np.testing.assert_array_equal(ds["total"].values, 6.0 * np.arange(7))
+    assert int(ds["num_features"]) == lg.d_x  # a variable without obs_id: written once
 
 
 def test_run_directory_loads_the_saved_model(tmp_path):
@@ -372,3 +406,45 @@ def test_a_store_of_another_audit_is_not_resumed(lg, tmp_path):
     (tmp_path / "other" / "file.txt").write_text("not a store")
     with pytest.raises(ValueError, match="not a zarr store"):
         audit((lg.model, lg.guide), _x(lg, 3), queries=q, out=tmp_path / "other")
+
+
+class _ConditionalLG(LinearGaussianVAE):
+    """The linear-Gaussian VAE conditioned on a per-input label y (a CVAE-style shift)."""
+
+    def model(self, x, y):
+        super().model(x)
+
+    def guide(self, x, y):
+        with pyro.plate("data", x.shape[0]):
+            loc = x @ self.A.T + y[:, None]
+            pyro.sample("z", dist.Normal(loc, self.s * torch.ones_like(loc)).to_event(1))
+
+
+def test_per_input_model_args_follow_their_shard(tmp_path):
+    vae = _ConditionalLG()
+    x = _x(vae, 5)
+    y = torch.arange(5, dtype=vae.dtype)
+    kwargs = {"r": 0.5, "num_samples": 30, "model_args": (y,), "model_kwargs": {}}
+    tree = audit(
+        (vae.model, vae.guide),
+        x,
+        queries={"r_robustness": kwargs},
+        out=tmp_path / "a.zarr",
+        shard_size=2,
+        seed=4,
+        progress=False,
+    )
+    for s, start in enumerate(range(0, 5, 2)):
+        ref = pr.r_robustness(
+            vae.model,
+            vae.guide,
+            x[start : start + 2],
+            r=0.5,
+            num_samples=30,
+            model_args=(y[start : start + 2],),
+            seed=shard_seed(4, s),
+        )
+        _assert_same(
+            _region(tree, "r_robustness/robustness", start, start + 2),
+            ref["robustness"].to_dataset(),
+        )
