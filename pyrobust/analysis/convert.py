@@ -356,7 +356,10 @@ def from_pyro(
     seed_used = int(torch.randint(0, 2**62, ()).item()) if seed is None else int(seed)
     per_call = num_samples if max_batch is None else max(1, int(max_batch) // n)
     chunks = [min(per_call, num_samples - i) for i in range(0, num_samples, per_call)]
-    devices = [data.device] if data.device.type == "cuda" else []
+    devices = []
+    if data.device.type == "cuda":  # fork (and restore) the generator of data's GPU too
+        index = data.device.index
+        devices = [torch.cuda.current_device() if index is None else index]
     parts: list[tuple] = []
     with (
         torch.random.fork_rng(devices=devices),
