@@ -238,3 +238,17 @@ def test_dims_from_nested_plates():
     u = torch.from_numpy(tree["posterior"]["u"].values[0])
     ll = dist.Normal(u.sum(-1, keepdim=True), 1.0).log_prob(x).sum(-1)
     np.testing.assert_allclose(tree["log_likelihood"]["x"].values[0], ll.numpy(), rtol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_from_pyro_on_gpu():
+    vae = LinearGaussianVAE()
+    vae.A, vae.W = vae.A.cuda(), vae.W.cuda()
+    x = torch.randn(5, vae.d_x, dtype=vae.dtype, device="cuda")
+    before = torch.cuda.get_rng_state()
+    tree = from_pyro(vae.model, vae.guide, x, num_samples=50, seed=0)
+    assert torch.equal(torch.cuda.get_rng_state(), before)
+    z = torch.from_numpy(tree["posterior"]["z"].values[0])
+    expected = dist.Normal(z @ vae.W.T.cpu(), vae.obs_scale).log_prob(x.cpu()).sum(-1)
+    np.testing.assert_allclose(tree["log_likelihood"]["x"].values[0], expected.numpy(), rtol=1e-10)
