@@ -24,6 +24,8 @@ the same bits whatever the engine, the number of workers or the order in which s
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -34,6 +36,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -325,7 +328,8 @@ class _ShardRunner:
             )
         if kind == "vae":
             if device is not None and isinstance(payload, torch.nn.Module):
-                payload = payload.to(device)
+                if any(t.device != torch.device(device) for t in payload.state_dict().values()):
+                    payload = copy.deepcopy(payload).to(device)  # never move the caller's model
             self.model, self.guide = payload.model, payload.guide
             self.sites = _sites(payload)
         else:
@@ -351,18 +355,12 @@ class _ShardRunner:
                 if key in params and key not in kwargs:
                     kwargs[key] = value
             if self.device is not None:
-                for key, value in kwargs.items():
-                    if isinstance(value, torch.Tensor):
-                        kwargs[key] = value.to(self.device)
+                kwargs = _to_device(kwargs, self.device)
             if "seed" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
                 kwargs["seed"] = seed
             tree = fn(self.model, self.guide, x, **kwargs)
             out[label] = _shard_groups(tree, query.groups, label, start, x.shape[0])
         return out
-
-    def ping(self) -> int:
-        """The worker's process id (used to wait until a Ray actor is up)."""
-        return os.getpid()
 
 
 def _shard_groups(tree: Any, groups: Sequence[str], label: str, start: int, n: int) -> dict:
@@ -663,6 +661,30 @@ class _Progress:
             self.bar.close()
 
 
+class _Writer:
+    """Store writes, in order, on one background thread: a finished shard is written while the
+    next one is computed. At most one write is in flight; its error surfaces at the next call."""
+
+    def __init__(self):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pyrobust-audit-write")
+        self._pending: Future | None = None
+
+    def submit(self, fn: Callable, *args) -> None:
+        self.wait()
+        self._pending = self._pool.submit(fn, *args)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
 # --------------------------------------------------------------------------------------------
 # engines
 # --------------------------------------------------------------------------------------------
@@ -702,6 +724,10 @@ def _run_ray(
     if not ray.is_initialized():
         ray.init(address=address, **dict(ray_init or {}))
         started = True
+    elif address is not None:
+        logger.warning(
+            "audit: Ray is already initialised in this process; address=%r is unused", address
+        )
     try:
         resources = ray.cluster_resources()
         gpus = float(resources.get("GPU", 0.0))
@@ -728,6 +754,10 @@ def _run_ray(
             device = "cuda" if num_gpus_per_worker else "cpu"
         if kind != "path":
             payload = ray.put(payload)  # shipped once, unpickled once per actor
+        queries = {
+            label: dataclasses.replace(q, kwargs=_to_cpu(dict(q.kwargs)))
+            for label, q in queries.items()
+        }
         actor_class = ray.remote(_ShardRunner).options(**options)
         actors = [
             actor_class.remote(
@@ -751,8 +781,8 @@ def _run_ray(
                 ready, _ = ray.wait(list(inflight), num_returns=1)
                 shard, actor, t0 = inflight.pop(ready[0])
                 result = ray.get(ready[0])
-                on_result(shard, result, time.perf_counter() - t0)
                 submit(actor)
+                on_result(shard, result, time.perf_counter() - t0)
         finally:
             for actor in actors:
                 ray.kill(actor)
@@ -965,8 +995,9 @@ def audit(
     starts = list(range(0, n, shard_size))
     stops = [min(s + shard_size, n) for s in starts]
     seeds = [[shard_seed(seed, s, q) for q in range(len(qs))] for s in range(len(starts))]
+    writer = _Writer()
     if previous is None:
-        store.create(settings, starts, stops, seeds, list(qs))
+        writer.submit(store.create, settings, starts, stops, seeds, list(qs))
         done = np.zeros(len(starts), dtype=bool)
     else:
         done = store.done()
@@ -974,12 +1005,14 @@ def audit(
     if not template_done:
         done[:] = False  # a store killed before its template was complete holds nothing yet
 
+    # Ray ships shards between processes (and nodes): from the CPU, whatever the data's device
+    ship = _to_cpu if engine == "ray" else (lambda value: value)
     jobs = [
         (
             s,
             starts[s],
-            data[starts[s] : stops[s]],
-            _slice_per_input(qs, axes, starts[s], stops[s], n),
+            ship(data[starts[s] : stops[s]]),
+            ship(_slice_per_input(qs, axes, starts[s], stops[s], n)),
             seeds[s],
         )
         for s in range(len(starts))
@@ -987,13 +1020,16 @@ def audit(
     ]
     bar = _Progress(len(starts), int(done.sum()), progress)
 
-    def on_result(shard: int, result: dict, seconds: float) -> None:
+    def write(shard: int, result: dict, seconds: float) -> None:
         nonlocal template_done
         if not template_done:
             store.write_template(result, n, shard_size)
             template_done = True
         store.write_shard(shard, starts[shard], stops[shard], result)
         bar.update(shard, seconds)
+
+    def on_result(shard: int, result: dict, seconds: float) -> None:
+        writer.submit(write, shard, result, seconds)
 
     runner_args = (kind, payload, qs, device, threads)
     try:
@@ -1013,7 +1049,12 @@ def audit(
                 max_retries=max_retries,
                 ray_init=ray_init,
             )
+        writer.close()
     except BaseException as err:
+        try:
+            writer.close()  # keep the shard being written
+        except Exception as write_err:  # the first error is the one to report
+            logger.error("audit: writing a finished shard failed too: %s", write_err)
         err.add_note(
             f"pyrobust.audit: the shards finished so far are kept in {str(out)!r}; run the same "
             "audit again to resume."
@@ -1024,6 +1065,21 @@ def audit(
     store.finish()
     open_kwargs = {"storage_options": dict(storage_options)} if storage_options else {}
     return xr.open_datatree(out, engine="zarr", consolidated=True, **open_kwargs)
+
+
+def _to_device(value: Any, device: Any) -> Any:
+    """``value`` with every tensor in it (nested in tuples, lists, dicts) moved to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, Mapping):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
+
+
+def _to_cpu(value: Any) -> Any:
+    return _to_device(value, "cpu")
 
 
 def _check_data(data: Any) -> torch.Tensor:
