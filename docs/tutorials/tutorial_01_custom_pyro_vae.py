@@ -171,7 +171,8 @@ fig.tight_layout()
 # ------------------------------------------------------
 # For each input, perturbations :math:`\delta` drawn uniformly on spheres of radius ``eps``
 # (``family="sphere"``) and 1,000 encoder draws each give :math:`p_r(x, \delta)` with an exact
-# Clopper–Pearson interval and a three-valued decision. The radius :math:`r = 1` is a quarter
+# Clopper–Pearson interval ``ci`` (dim ``ci_bound``: lower, upper) and a three-valued
+# ``decision``: 1 robust (interval above 1/2), -1 not robust (below), 0 undecided. The radius :math:`r = 1` is a quarter
 # of a typical digit's norm (about 4 over 64 pixels). The encoder's noise alone already moves
 # the reconstruction by about 0.6 (the degree of robustness at ``eps=0``).
 tree = pr.r_robustness(
@@ -187,7 +188,12 @@ tree = pr.r_robustness(
     obs_site="obs",
 )
 rob = tree["robustness"].dataset
-print(rob[["probability", "ci_lower", "ci_upper", "decision"]].isel(obs_id=slice(0, 3)))
+print(
+    rob[["probability", "ci", "decision"]]
+    .isel(obs_id=slice(0, 2))
+    .to_dataframe()
+    .unstack("ci_bound")
+)
 
 # %%
 # pyrobust's own plot of the curves: probability against :math:`\|\delta\|`, with the

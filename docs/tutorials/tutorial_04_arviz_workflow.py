@@ -54,11 +54,12 @@ tree  # noqa: B018 - sphinx-gallery shows the DataTree's HTML view
 # %%
 # The probability is the mean of indicator draws
 # ----------------------------------------------
-# ``posterior_predictive/distance`` holds the draws :math:`\|\Delta(x, \delta)\|`, one per
-# encoder draw :math:`\eta`. The indicator :math:`\|\Delta\| \le r` averaged over draws is the
-# probability in the ``robustness`` group.
+# ``posterior_predictive`` holds the draws :math:`\|\Delta(x, \delta)\|` (``distance``), one
+# per encoder draw :math:`\eta`, and the indicators :math:`\|\Delta\| \le r` (``inside``).
+# The indicators averaged over draws are the probability in the ``robustness`` group.
 distance = tree["posterior_predictive"]["distance"]
-inside = (distance <= R).astype(float)
+inside = tree["posterior_predictive"]["inside"]
+assert bool(((distance <= R) == inside).all())
 probability = tree["robustness"]["probability"]
 print("mean of the indicator draws:", inside.mean(["chain", "draw"]).values.ravel().round(3))
 print("probability (robustness)   :", probability.values.ravel().round(3))
@@ -76,8 +77,8 @@ comparison = xr.Dataset(
         "ess": azs.ess(inside),
         "mcse (arviz)": mcse,
         "mcse (binomial)": np.sqrt(probability * (1 - probability) / inside.sizes["draw"]),
-        "ci_lower": tree["robustness"]["ci_lower"],
-        "ci_upper": tree["robustness"]["ci_upper"],
+        "ci_lower": tree["robustness"]["ci"].sel(ci_bound="lower", drop=True),
+        "ci_upper": tree["robustness"]["ci"].sel(ci_bound="upper", drop=True),
     }
 )
 print(comparison.squeeze("eps", drop=True).to_dataframe().round(4))
@@ -87,7 +88,7 @@ print(comparison.squeeze("eps", drop=True).to_dataframe().round(4))
 # --------------------------------
 # ``arviz_stats.summary`` reads the group by name: the mean, standard deviation and 89%
 # equal-tailed interval of each input's distance.
-print(azs.summary(tree, group="posterior_predictive", kind="stats").round(3))
+print(azs.summary(tree, group="posterior_predictive", var_names=["distance"], kind="stats"))
 
 # %%
 # The distribution of the distance for three inputs, with ``arviz_plots`` (matplotlib backend).
