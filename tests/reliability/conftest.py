@@ -91,4 +91,4 @@ def _group(entry: str) -> str:
     if entry.startswith("pyrobust "):
         return "command line"
     parts = entry.split(".")
-    return "robustness (pyrobust.__all__)" if len(parts) == 2 else f"pr.{parts[1]}"
+    return "pyrobust.__all__ functions" if len(parts) == 2 else f"pr.{parts[1]}"
