@@ -40,7 +40,8 @@ def test_custom_vae(capsys):
     # Robustness queries ran on the hand-written pair.
     rob = out["robustness"]["robustness"]
     assert rob["probability"].sizes == {"obs_id": 3}
-    assert ((rob["ci_lower"] <= rob["probability"]) & (rob["probability"] <= rob["ci_upper"])).all()
+    lower, upper = rob["ci"].sel(ci_bound="lower"), rob["ci"].sel(ci_bound="upper")
+    assert ((lower <= rob["probability"]) & (rob["probability"] <= upper)).all()
     assert (out["margin"]["robustness"]["bound"] >= 0).all()
 
 
