@@ -50,6 +50,7 @@ from scipy import optimize, stats
 
 from pyrobust._results import make_tree, to_numpy
 from pyrobust.models.sites import Pair
+from pyrobust.robustness._sampling import event_dims
 from pyrobust.robustness._validation import check_inputs, check_site_name
 
 __all__ = ["LipschitzDesign", "certified_margin", "chi2_tail_bound", "design_lipschitz"]
@@ -374,9 +375,20 @@ def certified_margin(
     latent_site = check_site_name(latent_site, "latent_site")
     obs_site = check_site_name(obs_site, "obs_site")
     a, b, c, gamma, source = _resolve(model, guide, a, b, c, gamma)
-    pair = Pair.build_guide(
-        guide, x, model_args=model_args, model_kwargs=model_kwargs, latent_site=latent_site
-    )
+    if model is None:  # constants given: only the guide is needed
+        pair = Pair.build_guide(
+            guide, x, model_args=model_args, model_kwargs=model_kwargs, latent_site=latent_site
+        )
+    else:
+        pair = Pair.build(
+            model,
+            guide,
+            x,
+            model_args=model_args,
+            model_kwargs=model_kwargs,
+            latent_site=latent_site,
+            obs_site=obs_site,
+        )
     pair.require_single_latent("certified_margin")
     with torch.no_grad(), pair.session():
         _, scale = pair.encode(x)
@@ -420,7 +432,13 @@ def certified_margin(
     }
     if not sweep:
         attrs["r"] = float(to_numpy(r))
+    observed, obs_dims = pair.observed(x)
+    groups = {"observed_data": observed} if observed else {}
+    if not pair.x_is_observed(x):
+        groups["constant_data"] = {"x": x}
     return make_tree(
+        groups,
+        dims={"x": ["obs_id", *event_dims(x.dim() - 1)], **obs_dims},
         coords=coords,
         summary={
             "robustness": {
