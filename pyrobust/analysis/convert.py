@@ -159,7 +159,9 @@ def _draw_chunk(model, guide, data, s, model_args, model_kwargs, data_plate, obs
     observed = [
         name
         for name, site in model_tr.nodes.items()
-        if site["type"] == "sample" and site["is_observed"]
+        if site["type"] == "sample"
+        and site["is_observed"]
+        and not site["infer"].get("_deterministic", False)  # pyro.deterministic observes too
     ]
     prior_only = [
         name

@@ -252,3 +252,21 @@ def test_from_pyro_on_gpu():
     z = torch.from_numpy(tree["posterior"]["z"].values[0])
     expected = dist.Normal(z @ vae.W.T.cpu(), vae.obs_scale).log_prob(x.cpu()).sum(-1)
     np.testing.assert_allclose(tree["log_likelihood"]["x"].values[0], expected.numpy(), rtol=1e-10)
+
+
+def test_deterministic_sites_go_to_the_posterior():
+    vae = LinearGaussianVAE()
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], vae.d_z), 1.0).to_event(1))
+            mean = pyro.deterministic("mean", z @ vae.W.T, event_dim=1)
+            pyro.sample("x", dist.Normal(mean, vae.obs_scale).to_event(1), obs=x)
+
+    x = torch.randn(3, vae.d_x, dtype=vae.dtype)
+    tree = from_pyro(model, vae.guide, x, num_samples=10, seed=0)
+    assert set(tree["posterior"].data_vars) == {"z", "mean"}
+    assert set(tree["posterior_predictive"].data_vars) == {"x"}
+    assert set(tree["log_likelihood"].data_vars) == {"x"}
+    z = tree["posterior"]["z"].values
+    np.testing.assert_allclose(tree["posterior"]["mean"].values, z @ vae.W.T.numpy())
