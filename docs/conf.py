@@ -122,7 +122,8 @@ sphinx_gallery_conf = {
     "abort_on_example_error": False,  # run them all, then fail the build listing every error
     "only_warn_on_example_error": False,
     "plot_gallery": "True",
-    "image_scrapers": ("matplotlib",),
+    # pyrobust's plots return figures that pyplot does not manage: a scraper of our own
+    "image_scrapers": ("matplotlib", "pyrobust_docs.figure_scraper"),
     "reset_modules": ("matplotlib", "pyrobust_docs.reset_pyro"),
     "reset_modules_order": "before",
     "show_memory": False,
@@ -138,7 +139,8 @@ warnings.filterwarnings("ignore", message="Matplotlib is currently using agg")
 # -- HTML ---------------------------------------------------------------------------------------
 html_theme = "pydata_sphinx_theme"
 html_title = f"pyrobust {release}"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["pyrobust.css"]
 html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,

@@ -53,6 +53,34 @@ def reset_pyro(gallery_conf, fname):
     torch.set_num_threads(1)
 
 
+_SCRAPED: dict[str, set[int]] = {}
+
+
+def figure_scraper(block, block_vars, gallery_conf, **kwargs):
+    """sphinx-gallery image scraper for figures built without pyplot.
+
+    pyrobust.analysis's plots return a ``matplotlib.figure.Figure`` that pyplot does not manage
+    (so they work in any backend and leak no global state); sphinx-gallery's matplotlib scraper
+    only sees pyplot's figures. This one saves every such Figure held by a variable of the
+    tutorial, once, after the cell that made it.
+    """
+    from matplotlib.figure import Figure
+    from sphinx_gallery.scrapers import figure_rst
+
+    seen = _SCRAPED.setdefault(str(block_vars["src_file"]), set())
+    paths = []
+    for value in list(block_vars["example_globals"].values()):
+        if not isinstance(value, Figure) or id(value) in seen:
+            continue
+        if getattr(value.canvas, "manager", None) is not None:
+            continue  # a pyplot figure: the matplotlib scraper has it
+        seen.add(id(value))
+        path = next(block_vars["image_path_iterator"])
+        value.savefig(path, dpi=110)
+        paths.append(path)
+    return figure_rst(paths, gallery_conf["src_dir"])
+
+
 def public_names() -> list[tuple[str, str]]:
     """``(module, name)`` for every name in the ``__all__`` of the public modules."""
     out = []

@@ -188,17 +188,16 @@ tree = pr.r_robustness(
     obs_site="obs",
 )
 rob = tree["robustness"].dataset
-print(
-    rob[["probability", "ci", "decision"]]
-    .isel(obs_id=slice(0, 2))
-    .to_dataframe()
-    .unstack("ci_bound")
+table = rob[["probability", "decision"]].assign(
+    ci_lower=rob["ci"].sel(ci_bound="lower", drop=True),
+    ci_upper=rob["ci"].sel(ci_bound="upper", drop=True),
 )
+print(table.isel(obs_id=slice(0, 2)).to_dataframe().round(3))
 
 # %%
 # pyrobust's own plot of the curves: probability against :math:`\|\delta\|`, with the
 # decision threshold :math:`\tfrac12`.
-pr.analysis.plot_robustness_curve(tree)
+curve = pr.analysis.plot_robustness_curve(tree)
 
 # %%
 # Margins: the first-order bound and the worst case

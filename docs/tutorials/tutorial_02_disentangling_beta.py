@@ -82,8 +82,7 @@ print(summary.to_pandas().round(3))
 
 # %%
 # pyrobust's plot of these trends, as in [CAM, Fig. 2] (mean over inputs and a 5-95% band).
-pr.analysis.plot_against_beta(bound, variables=("min_scale", "jacobian_norm", "bound"))
-plt.show()
+trends = pr.analysis.plot_against_beta(bound, variables=("min_scale", "jacobian_norm", "bound"))
 
 # %%
 # The price of robustness
@@ -116,4 +115,5 @@ fig.tight_layout()
 # dataset size for the stratified (MSS) weights.
 tc = train(pr.inference.BetaTCELBO(beta=4.0, dataset_size=len(x_train)))
 tc_bound = pr.margin_bound(tc.model, tc.guide, x, r=R, confidence=0.95, seed=0)
-print(tc_bound["robustness"].dataset[["min_scale", "jacobian_norm", "bound"]].mean("obs_id"))
+tc_summary = tc_bound["robustness"].dataset[["min_scale", "jacobian_norm", "bound"]].mean("obs_id")
+print({name: round(float(value), 3) for name, value in tc_summary.items()})
