@@ -42,6 +42,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -111,6 +112,26 @@ def _reads_x_shape_only(model) -> bool:
     from pyrobust.models.vae import VAE
 
     return getattr(model, "__func__", None) is VAE.model and isinstance(model.__self__, VAE)
+
+
+@contextlib.contextmanager
+def _restore_rng(device: torch.device) -> Iterator[None]:
+    """Leave torch's global generators (CPU, and ``device``'s when CUDA) as they were."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed the global generators Pyro samples from (CPU, and ``device``'s when CUDA) inside
+    the block, restoring them afterwards: draws that go through ``pyro.sample`` become
+    reproducible without touching the caller's RNG state (other CUDA devices included)."""
+    with _restore_rng(device):
+        torch.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            torch.cuda.default_generators[device.index or 0].manual_seed(seed)
+        yield
 
 
 def _take(value: Any, n: int, index: torch.Tensor) -> Any:
@@ -213,10 +234,12 @@ def _centre(fn, name: str) -> torch.Tensor:
             f"The guide's site {name!r} ({type(fn).__name__}) has no {kind}; reference='mean' "
             f"holds every extra latent site at its {kind}. Use reference='sample'."
         ) from err
-    if not discrete and not bool(torch.isfinite(value).all()):
+    if not bool(torch.isfinite(value.float() if not value.is_floating_point() else value).all()):
+        kind = "mode (a tie, e.g. Bernoulli(0.5))" if discrete else "mean"
         raise ValueError(
-            f"The guide's site {name!r} ({type(fn).__name__}) has a non-finite mean; "
-            "reference='mean' holds extra latent sites at their means. Use reference='sample'."
+            f"The guide's site {name!r} ({type(fn).__name__}) has a non-finite {kind}; "
+            f"reference='mean' holds extra latent sites at their {'mode' if discrete else 'mean'}"
+            ". Use reference='sample'."
         )
     return value
 
@@ -360,14 +383,45 @@ class Pair:
                 )
         args, kwargs = check_model_args(model_args, model_kwargs)
         pair = cls(model, guide, x.shape[0], args, kwargs, latent_site, obs_site)
+        pair._check_args(x)
         modules: list[nn.Module] = []
-        with torch.no_grad(), eval_mode(pair.switched, modules), pyro.validation_enabled(False):
+        with (
+            torch.no_grad(),
+            eval_mode(pair.switched, modules),
+            pyro.validation_enabled(False),
+            _restore_rng(x.device),
+        ):
             guide_tr = poutine.trace(guide).get_trace(x, *args, **kwargs)
             pair._check_guide(guide_tr)
             model_tr = pair._model_trace(x, {k: s["value"] for k, s in _latents(guide_tr).items()})
             pair._check_model(model_tr, guide_tr)
         pair._collect_params(modules, guide_tr, model_tr)
         return pair
+
+    def _check_args(self, x: torch.Tensor) -> None:
+        """Refuse extra arguments the folding cannot carry along, by name."""
+        if "x" in self.kwargs:
+            raise ValueError(
+                "`model_kwargs` holds 'x', but the inputs are passed as the first argument "
+                "(model(x, *model_args, **model_kwargs)). Pass x as the query's x."
+            )
+        named = [(f"model_args[{i}]", v) for i, v in enumerate(self.args)]
+        named += [(f"model_kwargs[{k!r}]", v) for k, v in self.kwargs.items()]
+        for name, value in named:
+            if isinstance(value, np.ndarray) or (
+                isinstance(value, (list, tuple)) and len(value) == self.n and self.n > 1
+            ):
+                raise TypeError(
+                    f"`{name}` is a {type(value).__name__}; per-input values must be torch "
+                    "tensors with leading dim len(x), so that they follow their input when "
+                    f"draws are folded into the data plate. Convert it: torch.as_tensor(...)."
+                )
+            if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == self.n:
+                if value.device != x.device:
+                    raise ValueError(
+                        f"`{name}` is on {value.device} but x is on {x.device}; move it with "
+                        f".to(x.device)."
+                    )
 
     def _collect_params(self, modules, *traces) -> None:
         """The tensors the pair computes with: params of the modules that ran, and param sites."""
@@ -404,6 +458,7 @@ class Pair:
             raise TypeError(f"`guide` must be a Pyro callable; got {type(guide).__name__}.")
         args, kwargs = check_model_args(model_args, model_kwargs)
         pair = cls(None, guide, x.shape[0], args, kwargs, latent_site, None)
+        pair._check_args(x)
         modules: list[nn.Module] = []
         with torch.no_grad(), eval_mode(pair.switched, modules), pyro.validation_enabled(False):
             trace = pair._guide_trace(x)
@@ -440,6 +495,20 @@ class Pair:
             )
         self.d_z = loc.shape[-1]
         self.extra = tuple(k for k in latents if k != self.latent_site)
+        shared = [
+            k
+            for k in self.extra
+            if not isinstance(latents[k]["value"], torch.Tensor)
+            or latents[k]["value"].dim() == 0
+            or latents[k]["value"].shape[0] != n
+        ]
+        if shared:
+            raise ValueError(
+                f"The guide samples site(s) {shared} without one row per input (outside the "
+                "data plate): folded into the data plate, every draw would share one value of "
+                "them, unlike pyro.infer.Predictive. Sample them inside "
+                "pyro.plate('data', len(x)), or fix them with poutine.condition."
+            )
         self.fast = not self.extra
 
     def _check_model(self, trace, guide_trace) -> None:
@@ -560,8 +629,7 @@ class Pair:
     # -- the quantities ------------------------------------------------------------------------
     def encode(self, x_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:math:`(\\mu, \\sigma)` of the latent site at ``x_rows`` (extra sites at their centre)."""
-        handler = None if self.fast else _Centre(self.latent_site, only_extra=True)
-        trace = self._guide_trace(x_rows, handler)
+        trace = self._guide_trace(x_rows, _AtCentre(self.latent_site))  # no draw: no RNG used
         return _diag_normal(trace.nodes[self.latent_site]["fn"], self.latent_site)
 
     def rows_like(self, x: torch.Tensor, reps: int) -> torch.Tensor:
@@ -581,7 +649,7 @@ class Pair:
 
     def centre(self, x_rows: torch.Tensor) -> torch.Tensor:
         """The reference :math:`g(\\mu(x))` with extra sites at their mean/mode."""
-        trace = self._guide_trace(x_rows, _Centre(self.latent_site))
+        trace = self._guide_trace(x_rows, _AtCentre(self.latent_site))
         return self.decode(x_rows, {k: s["value"] for k, s in _latents(trace).items()})
 
     def draw(self, x_rows: torch.Tensor, eta: torch.Tensor):
@@ -612,17 +680,6 @@ class Pair:
                 f"{list(self.extra)}. Its theory has no term for them: use r_robustness, "
                 "max_damage_attack or empirical_margin, which replay every guide site."
             )
-
-
-def _Centre(latent_site: str, only_extra: bool = False) -> Messenger:
-    """Handler holding extra sites at their centre (and, unless ``only_extra``, the latent)."""
-    return _ExtraAtCentre(latent_site) if only_extra else _AtCentre(latent_site)
-
-
-class _ExtraAtCentre(_AtCentre):
-    def _pyro_sample(self, msg) -> None:
-        if msg["name"] != self.latent_site:
-            super()._pyro_sample(msg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -663,7 +720,7 @@ def guide_loc_scale(
         If the guide has no site ``latent_site`` or it is not a diagonal Normal.
     """
     args, kwargs = check_model_args(model_args, model_kwargs)
-    trace = poutine.trace(_ExtraAtCentre(latent_site)(guide)).get_trace(x, *args, **kwargs)
+    trace = poutine.trace(_AtCentre(latent_site)(guide)).get_trace(x, *args, **kwargs)
     site = _get_site(trace, latent_site, "the latent site", "latent_site", "The guide")
     return _diag_normal(site["fn"], latent_site)
 

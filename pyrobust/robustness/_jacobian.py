@@ -31,7 +31,11 @@ def _chunk_jacobian(pair, x):
     latent_site = pair.latent_site
     xg = x.detach().requires_grad_(True)
     loc, scale = pair.encode(xg)
-    if not loc.requires_grad:
+    # A path from x to loc, not merely a loc that requires grad (module parameters do).
+    if (
+        not loc.requires_grad
+        or torch.autograd.grad(loc.sum(), xg, retain_graph=True, allow_unused=True)[0] is None
+    ):
         raise ValueError(
             f"The encoder mean (loc of the guide's latent site {latent_site!r}) does not depend "
             "differentiably on x: it was computed without gradients (torch.no_grad, .detach(), "
@@ -47,8 +51,6 @@ def _chunk_jacobian(pair, x):
             grad_outputs=cotangents,
             is_grads_batched=True,
             retain_graph=True,
-            allow_unused=True,
-            materialize_grads=True,
         )
     except RuntimeError:
         # Some backward formulas cannot run under vmap (e.g. custom autograd Functions without
@@ -60,8 +62,6 @@ def _chunk_jacobian(pair, x):
                     xg,
                     grad_outputs=cotangents[j],
                     retain_graph=True,
-                    allow_unused=True,
-                    materialize_grads=True,
                 )[0]
                 for j in range(d_z)
             ]

@@ -42,7 +42,7 @@ import math
 import pyro
 import torch
 
-from pyrobust.models.sites import Pair, _event_dims, _output_dims
+from pyrobust.models.sites import Pair, _event_dims, _output_dims, seeded_rng
 
 __all__ = [
     "DEFAULT_MAX_BATCH",
@@ -155,23 +155,20 @@ def joint_rng(pair: Pair, generator: torch.Generator | None, device: torch.devic
     if pair.fast or generator is None:
         return contextlib.nullcontext()
     seed = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device).item())
-    devices = [device.index or 0] if device.type == "cuda" else []
-
-    @contextlib.contextmanager
-    def ctx():
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            yield
-
-    return ctx()
+    return seeded_rng(seed, device)
 
 
-def check_finite_distances(dist: torch.Tensor, obs_site: str) -> None:
-    """Refuse NaN/inf distances by naming the inputs (a NaN must never count as inside)."""
+def check_finite_distances(dist: torch.Tensor, obs_site: str, n_inputs: int | None = None) -> None:
+    """Refuse NaN/inf distances by naming the inputs (a NaN must never count as inside).
+
+    ``dist`` is ``(S, rows, ...)``; row ``i`` belongs to input ``i % n_inputs`` (folded
+    restarts and grids repeat the inputs).
+    """
     bad = ~torch.isfinite(dist)
     if bool(bad.any()):
         inputs = bad.reshape(bad.shape[0], bad.shape[1], -1).any(-1).any(0)
-        ids = torch.nonzero(inputs).flatten().tolist()
+        rows = torch.nonzero(inputs).flatten().tolist()
+        ids = sorted({i % (n_inputs or len(inputs)) for i in rows})
         raise ValueError(
             f"The reconstruction (mean of the model's observed site {obs_site!r}) is NaN or "
             f"infinite for input(s) obs_id={ids[:20]}{' ...' if len(ids) > 20 else ''}: the "
@@ -196,6 +193,7 @@ def sample_distances(
     max_batch: int = DEFAULT_MAX_BATCH,
     check: bool = True,
     return_sites: dict[str, list] | None = None,
+    ref: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Monte-Carlo draws of :math:`\|\Delta(x, \delta)\|_2` over the observed site's event dims.
 
@@ -230,6 +228,9 @@ def sample_distances(
         Most latent codes decoded per model call (and most inputs per guide call).
     check : bool
         Refuse non-finite distances by naming the inputs.
+    ref : torch.Tensor, optional
+        The reference :math:`g(\mu(x))` ``(n, *obs_event)`` when the caller has it already
+        (``reference="mean"`` only); computed otherwise.
     return_sites : dict, optional
         ``{site: []}`` for guide latent sites whose draws at the perturbed inputs to keep:
         each value is replaced by a tensor ``(num_samples, n, *perturbation_shape, *site)``.
@@ -271,7 +272,7 @@ def sample_distances(
             x_dec = torch.cat([x_pert, x])
         else:
             x_dec = x_pert
-            ref = pair.centre(x).reshape(1, 1, n, -1)
+            ref = (pair.centre(x) if ref is None else ref).reshape(1, 1, n, -1)
         # The inputs repeated for a full chunk, built once: the model sees every code's own
         # input row in its data plate (what model_mean does per call, without a copy per chunk).
         x_rep = pair.rows_like(x_dec, chunk) if pair.fast else _copy_rows(x_dec, chunk)
@@ -281,11 +282,7 @@ def sample_distances(
         for start in range(0, num_samples, chunk):
             e = eta[start : start + chunk]
             s = e.shape[0]
-            e_rows = e[:, :1].expand(s, n_pert, n, d_z).reshape(s, n_pert * n, d_z)
-            if sample_ref:
-                e_rows = torch.cat([e_rows, e[:, 1]], dim=1)
-            rows = s * e_rows.shape[1]
-            e_rows = e_rows.reshape(rows, d_z)
+            rows = s * x_dec.shape[0]
             drawn: dict[str, torch.Tensor] = {}
             if pair.fast:
                 z = (loc + e[:, :1] * scale).reshape(s, n_pert * n, d_z)
@@ -294,7 +291,10 @@ def sample_distances(
                 drawn[pair.latent_site] = z.reshape(rows, d_z)
                 g = pair.decode(x_rep[:rows], drawn)
             else:
-                g = pair.reconstruct(x_rep[:rows], e_rows, drawn)
+                e_rows = e[:, :1].expand(s, n_pert, n, d_z).reshape(s, n_pert * n, d_z)
+                if sample_ref:
+                    e_rows = torch.cat([e_rows, e[:, 1]], dim=1)
+                g = pair.reconstruct(x_rep[:rows], e_rows.reshape(rows, d_z), drawn)
             for name in return_sites or ():
                 v = drawn[name].reshape(s, -1, *drawn[name].shape[1:])[:, : n_pert * n]
                 return_sites[name].append(v.detach())
@@ -315,5 +315,5 @@ def sample_distances(
         v = v.reshape(num_samples, *pert_shape, n, *v.shape[2:])
         return_sites[name] = v.movedim(len(pert_shape) + 1, 1)
     if check:
-        check_finite_distances(dist.detach(), pair.obs_site)
+        check_finite_distances(dist.detach(), pair.obs_site, pair.n)
     return dist

@@ -56,6 +56,7 @@ from pyrobust.robustness._sampling import (
     joint_rng,
     make_generator,
     output_dims,
+    resolve_seed,
     sample_distances,
 )
 from pyrobust.robustness._stats import binomial_summary
@@ -165,10 +166,13 @@ def _build_pair(model, guide, x, model_args, model_kwargs, latent_site, obs_site
     )
 
 
-def _check_obs_target(target, pair: Pair, fn: str) -> torch.Tensor:
-    """A target in the observed site's shape: ``obs_event`` (shared) or ``(n, *obs_event)``."""
+def _check_obs_target(target, pair: Pair, fn: str, x: torch.Tensor) -> torch.Tensor:
+    """A target in the observed site's shape: ``obs_event`` (shared) or ``(n, *obs_event)``,
+    on ``x``'s device in the observed value's dtype (``x``'s when the site is not observed)."""
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"{fn}: target must be a torch.Tensor; got {type(target).__name__}.")
+    dtype = pair.obs_value.dtype if pair.obs_value is not None else x.dtype
+    target = target.detach().to(device=x.device, dtype=dtype)
     event = pair.obs_event
     if tuple(target.shape) == event:
         target = target.unsqueeze(0).expand(pair.n, *event)
@@ -274,27 +278,37 @@ def _distances(pair: Pair, x, delta, ref, eta):
     if pair.fast:
         loc, scale = pair.encode(x_in)
         z = (loc + eta * scale).reshape(k * b, -1)
-        g = pair.decode(_repeat_rows(x_in, k), {pair.latent_site: z})
+        g = pair.decode(pair.rows_like(x_in, k), {pair.latent_site: z})
     else:
         g = pair.reconstruct(_repeat_rows(x_in, k), eta.reshape(k * b, -1))
-    if delta.requires_grad and not g.requires_grad:
-        raise ValueError(
-            f"The reconstruction (mean of the model's observed site {pair.obs_site!r}) has no "
-            "gradient path to the input (e.g. pyro.deterministic(..., loc.detach()) or a "
-            "torch.no_grad() block), so a gradient attack cannot move it. Build the observed "
-            "site's distribution from z with differentiable torch operations."
-        )
     return (g.reshape(k, b, -1) - ref.reshape(-1, b, math.prod(ref.shape[1:]))).norm(dim=-1)
+
+
+def _input_grad(value: torch.Tensor, delta: torch.Tensor, what: str) -> torch.Tensor:
+    """d value / d delta, or a named refusal when ``value`` does not depend on the input."""
+    grad = None
+    if value.requires_grad:
+        (grad,) = torch.autograd.grad(value, delta, allow_unused=True)
+    if grad is None:
+        raise ValueError(
+            f"{what} has no gradient path to the input (e.g. pyro.deterministic(..., "
+            "loc.detach()), a torch.no_grad() block or a detour through numpy), so a gradient "
+            "attack cannot move it. Build it from the input with differentiable torch "
+            "operations."
+        )
+    return grad
 
 
 def _randn(k, b, d_z, gen, x):
     return torch.randn((k, b, d_z), generator=gen, device=x.device, dtype=x.dtype)
 
 
-def _mean_damage(pair: Pair, x, delta, n, gen, max_batch):
+def _mean_damage(pair: Pair, x, delta, n, gen, max_batch, ref=None):
     """Monte-Carlo E ||g(draw at x+delta) - g(mu(x))|| with ``n`` fresh draws; (B,), no grad."""
     with torch.no_grad():
-        d = sample_distances(pair, x, delta, num_samples=n, generator=gen, max_batch=max_batch)
+        d = sample_distances(
+            pair, x, delta, num_samples=n, generator=gen, max_batch=max_batch, ref=ref
+        )
     return d.mean(0)
 
 
@@ -316,7 +330,9 @@ def _robust_counts(pair: Pair, x, delta, r, *, num_samples, reference, gen, max_
 # --------------------------------------------------------------------------------------------
 # optimisers
 # --------------------------------------------------------------------------------------------
-def _projected_ascent(objective, x, eps, *, norm, box, steps, step_size, restarts, gen):
+def _projected_ascent(
+    objective, x, eps, *, norm, box, steps, step_size, restarts, gen, what="The objective"
+):
     r"""Batched projected gradient ascent of ``objective`` over restarts and inputs at once.
 
     ``objective(delta)`` maps (R*M, *event) perturbations to (R*M,) values to *maximise*
@@ -334,14 +350,14 @@ def _projected_ascent(objective, x, eps, *, norm, box, steps, step_size, restart
     alpha = _bcast(step_size * eb, delta)
     for t in range(steps):
         delta.requires_grad_(True)
-        (grad,) = torch.autograd.grad(objective(delta).sum(), delta)
+        grad = _input_grad(objective(delta).sum(), delta, what)
         with torch.no_grad():
             decay = 0.5 * (1.0 + math.cos(math.pi * t / steps))
             delta = _project(delta + decay * alpha * _step(grad, norm), xb, eb, norm, box)
     return delta.detach().reshape(restarts, m, *x.shape[1:])
 
 
-def _lbfgs_one(objective, x, eps, norm, box, steps, gen):
+def _lbfgs_one(objective, x, eps, norm, box, steps, gen, what="The objective"):
     """L-BFGS-B on one input (the reference method of [CAM]); ``objective`` as for PGD, M=1.
 
     The box and (for linf) the budget are L-BFGS-B bounds; for l2 the iterate is mapped
@@ -365,7 +381,7 @@ def _lbfgs_one(objective, x, eps, norm, box, steps, gen):
         d = torch.tensor(np.array(flat), dtype=x.dtype, device=x.device).reshape(x.shape)
         d.requires_grad_(True)
         val = -objective(squash(d)).sum()
-        (grad,) = torch.autograd.grad(val, d)
+        grad = _input_grad(val, d, what)
         return val.item(), to_numpy(grad).astype(np.float64).ravel()
 
     bounds = list(zip(to_numpy(low).ravel().tolist(), to_numpy(high).ravel().tolist(), strict=True))
@@ -405,6 +421,13 @@ def _attack_core(
     with ``eval_samples`` fresh draws of the encoder noise.
     """
     m, d_z = x.shape[0], pair.d_z
+    what = f"The reconstruction (mean of the model's observed site {pair.obs_site!r})"
+    if method == "lbfgs" and not pair.fast:
+        raise ValueError(
+            f"method='lbfgs' needs a deterministic objective, but the guide's extra latent "
+            f"site(s) {list(pair.extra)} are redrawn at every evaluation. Use method='pgd' "
+            "(expectation over transformation handles them)."
+        )
     with pair.session(), joint_rng(pair, gen, x.device):
         if method == "pgd":
             x_r = _repeat_rows(x, restarts)
@@ -424,6 +447,7 @@ def _attack_core(
                 step_size=step_size,
                 restarts=restarts,
                 gen=gen,
+                what=what,
             )
         else:
             # Common random numbers per input keep the objective deterministic for L-BFGS-B.
@@ -439,7 +463,7 @@ def _attack_core(
                 rows.append(
                     torch.stack(
                         [
-                            _lbfgs_one(objective, xi, ei, norm, box, steps, gen)[0]
+                            _lbfgs_one(objective, xi, ei, norm, box, steps, gen, what)[0]
                             for _ in range(restarts)
                         ]
                     )
@@ -447,7 +471,9 @@ def _attack_core(
             cands = torch.stack(rows, dim=1)  # (R, M, *event)
         flat = cands.reshape(restarts * m, *x.shape[1:])
         x_r = _repeat_rows(x, restarts)
-        dmg = _mean_damage(pair, x_r, flat, eval_samples, gen, max_batch).reshape(restarts, m)
+        dmg = _mean_damage(
+            pair, x_r, flat, eval_samples, gen, max_batch, ref=_repeat_rows(ref, restarts)
+        ).reshape(restarts, m)
     best = dmg.argmax(0)
     idx = torch.arange(m, device=x.device)
     return cands[best, idx], dmg[best, idx]
@@ -604,7 +630,8 @@ def max_damage_attack(
         _check_positive(r, "r", fn, allow_none=False)
     confidence = check_confidence(confidence)
     box = _check_box(box, x, fn)
-    gen = make_generator(check_seed(seed), x.device)
+    seed = resolve_seed(check_seed(seed))  # recorded, so any call can be repeated exactly
+    gen = make_generator(seed, x.device)
 
     n, e = x.shape[0], eps_grid.shape[0]
     event = tuple(x.shape[1:])
@@ -749,7 +776,7 @@ def _negative_elbo(pair: Pair, x_in, target, eta):
     return (log_q - log_p).reshape(k, b).mean(0)
 
 
-def _soft_descent(objective, x, *, steps, lr, box):
+def _soft_descent(objective, x, *, steps, lr, box, what="The objective"):
     """Minimise ``objective(delta) -> (B,)`` by Adam with a cosine-annealed learning rate,
     keeping ``x + delta`` in the box; returns the better of the result and ``delta = 0``."""
     delta = torch.zeros_like(x, requires_grad=True)
@@ -757,8 +784,8 @@ def _soft_descent(objective, x, *, steps, lr, box):
     for t in range(steps):
         for group in opt.param_groups:
             group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * t / steps))
-        opt.zero_grad(set_to_none=True)
-        objective(delta).sum().backward()
+        # autograd.grad, not backward(): no gradient is left on the model's parameters
+        delta.grad = _input_grad(objective(delta).sum(), delta, what)
         opt.step()
         if box is not None:
             with torch.no_grad():
@@ -816,9 +843,14 @@ def _targeted(
                 "has no likelihood, so the ELBO of a target is undefined. Observe the data "
                 "with a distribution, e.g. pyro.sample(..., dist.Bernoulli(probs), obs=x)."
             )
-        target = _check_obs_target(target, pair, fn)
+        target = _check_obs_target(target, pair, fn, x)
         # The target can be encoded too (for the divergence report) when it is an input.
-        encodable = pair.fast and pair.obs_event == event
+        encodable = pair.fast and pair.obs_event == event and target.is_floating_point()
+    what = (
+        f"The encoder mean (loc of the guide's latent site {pair.latent_site!r})"
+        if kind == "latent"
+        else "The ELBO of the target (the guide fed x + d)"
+    )
     norm = check_choice(norm, "norm", _NORMS)
     steps = check_positive_int(steps, "steps")
     restarts = check_positive_int(restarts, "restarts")
@@ -837,7 +869,8 @@ def _targeted(
     if lr is None:
         scale = (box[1] - box[0]) if box is not None else float(x.abs().max().clamp_min(1e-3))
         lr = 0.05 * scale
-    gen = make_generator(check_seed(seed), x.device)
+    seed = resolve_seed(check_seed(seed))  # recorded, so any call can be repeated exactly
+    gen = make_generator(seed, x.device)
 
     n, g_len = x.shape[0], grid.shape[0]
     xe = _repeat_rows(x, g_len)
@@ -854,7 +887,7 @@ def _targeted(
             def soft(delta):
                 return cost(delta) + ge * _smooth_l2(delta)
 
-            delta = _soft_descent(soft, xe, steps=steps, lr=lr, box=box)
+            delta = _soft_descent(soft, xe, steps=steps, lr=lr, box=box, what=what)
         else:
             cost = make_objective(pair, xe, te, loc_t, scale_t, gen, restarts)
             cands = _projected_ascent(
@@ -867,6 +900,7 @@ def _targeted(
                 step_size=step_size,
                 restarts=restarts,
                 gen=gen,
+                what=what,
             )
             with torch.no_grad():
                 vals = cost(cands.reshape(restarts * xe.shape[0], *event)).reshape(restarts, -1)
@@ -1048,12 +1082,6 @@ def latent_attack(
 
         def cost(delta):
             loc, scale = pair.encode(x_r + delta)
-            if delta.requires_grad and not loc.requires_grad:
-                raise ValueError(
-                    f"{fn}: the encoder mean (loc of the guide's latent site "
-                    f"{pair.latent_site!r}) does not depend differentiably on the input; build "
-                    "it from x with differentiable torch operations."
-                )
             return _divergence(loc, scale, lt, st, divergence)
 
         return cost

@@ -160,7 +160,10 @@ def _query_function(name: str) -> Callable:
             and list(inspect.signature(getattr(robustness, n)).parameters)[:3]
             == ["model", "guide", "x"]
         ]
-        raise ValueError(f"Unknown query {name!r}; choose one of {known} or pass a callable.")
+        raise ValueError(
+            f"Unknown query {name!r} in `queries`; choose one of {known}, or pass a callable "
+            "as Query(fn=...)."
+        )
     return fn
 
 
@@ -503,8 +506,17 @@ class _Store:
         )
         return zarr.open_group(self.out, mode=mode, zarr_format=2, **kwargs)
 
-    def existing_settings(self) -> dict | None:
-        """The settings of the audit store at ``out``; None when there is nothing there yet."""
+    def existing_settings(self, overwrite: bool = False) -> dict | None:
+        """The settings of the audit store at ``out``; None when there is nothing there yet.
+
+        Anything else at ``out`` (a directory of other files, another zarr store) is refused,
+        also with ``overwrite``: an audit replaces only an audit.
+        """
+        fix = (
+            "overwrite=True replaces only audit stores; choose a new `out` or remove it yourself"
+            if overwrite
+            else "choose a new `out`"
+        )
         import zarr
 
         not_a_group = getattr(zarr.errors, "GroupNotFoundError", KeyError)
@@ -517,16 +529,14 @@ class _Store:
             if local is None:
                 return None  # an fsspec URL with nothing there yet
             raise ValueError(
-                f"out={str(self.out)!r} exists and is not a zarr store; choose a new `out` or "
-                "pass overwrite=True to replace it."
+                f"out={str(self.out)!r} exists and is not a zarr store; {fix}."
             ) from err
         attrs = dict(group.attrs)
         if attrs.get("format") != _FORMAT or attrs.get("format_version") != _VERSION:
             raise ValueError(
                 f"out={str(self.out)!r} holds a zarr store that is not a pyrobust audit (format "
                 f"{attrs.get('format')!r}, version {attrs.get('format_version')!r}; expected "
-                f"{_FORMAT!r}, {_VERSION}); choose a new `out` or pass overwrite=True to replace "
-                "it."
+                f"{_FORMAT!r}, {_VERSION}); {fix}."
             )
         return json.loads(attrs["settings"])
 
@@ -874,7 +884,8 @@ def audit(
     threads : int, optional
         Torch CPU threads of each worker (default: unchanged locally, 1 on Ray).
     overwrite : bool, default False
-        Delete an existing store at ``out`` instead of resuming it.
+        Replace an existing audit store at ``out`` instead of resuming it. Anything else at
+        ``out`` (other files, another zarr store) is refused either way: never deleted.
     progress : bool, optional
         ``True``: a tqdm bar; ``False``: silent; default: tqdm on a terminal, else one
         ``logging`` line (logger ``pyrobust.audit``) per shard.
@@ -943,6 +954,25 @@ def audit(
             isinstance(value, bool) or not isinstance(value, int | float) or value < 0
         ):
             raise ValueError(f"`{name}` must be None or a number >= 0; got {value!r}.")
+    for value, name in ((overwrite, "overwrite"), (progress, "progress")):
+        if not isinstance(value, bool) and not (name == "progress" and value is None):
+            raise TypeError(
+                f"`{name}` must be True or False{' (or None)' if name == 'progress' else ''}; "
+                f"got {value!r}."
+            )
+    if device is not None:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ValueError(
+                f"`device` must be a torch device such as 'cpu', 'cuda' or 'cuda:1'; got "
+                f"{device!r}."
+            ) from None
+        if engine == "local" and dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"`device`={device!r}: CUDA is not available in this process; use device='cpu'."
+            )
+        device = str(dev)
     if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
         raise ValueError(f"`max_retries` must be an integer >= 0; got {max_retries!r}.")
     if engine == "local" and (address is not None or num_workers is not None):
@@ -971,7 +1001,9 @@ def audit(
         },
     }
     store = _Store(out, storage_options)
-    previous = None if overwrite else store.existing_settings()
+    previous = store.existing_settings(overwrite)
+    if overwrite:
+        previous = None
     if previous is not None:
         stored_seed = previous.pop("seed")
         if seed is None:
@@ -1094,4 +1126,13 @@ def _check_data(data: Any) -> torch.Tensor:
         raise ValueError(
             f"`data` must hold at least one input, (n, *event); got shape {tuple(data.shape)}."
         )
-    return data.detach()
+    data = data.detach()
+    if data.is_floating_point() or data.is_complex():
+        bad = ~torch.isfinite(data.reshape(data.shape[0], -1)).all(dim=1)
+        if bool(bad.any()):
+            rows = torch.nonzero(bad).reshape(-1)[:5].tolist()
+            raise ValueError(
+                f"`data` holds NaN or infinite values in {int(bad.sum())} input(s) (first: "
+                f"{rows}); remove or impute them before the audit."
+            )
+    return data

@@ -21,13 +21,14 @@ import numpy as np
 import torch
 
 from pyrobust._results import ci_bound, make_tree
-from pyrobust.models.sites import _Centre, _latents
+from pyrobust.models.sites import _AtCentre, _latents
 from pyrobust.robustness._sampling import (
     DEFAULT_MAX_BATCH,
     REFERENCES,
     event_dims,
     joint_rng,
     make_generator,
+    resolve_seed,
 )
 from pyrobust.robustness._sequential import METHOD, check_auto, sequential_decide
 from pyrobust.robustness._stats import ROBUST, clopper_pearson, decide
@@ -211,7 +212,8 @@ def empirical_margin(
     step_size = _check_positive(step_size, "step_size", fn)
     step_size = 8.0 / steps if step_size is None else step_size
     box = _check_box(box, x, fn)
-    gen = make_generator(check_seed(seed), x.device)
+    seed = resolve_seed(check_seed(seed))  # recorded, so any call can be repeated exactly
+    gen = make_generator(seed, x.device)
 
     n, event = x.shape[0], tuple(x.shape[1:])
     pair = _build_pair(model, guide, x, model_args, model_kwargs, latent_site, obs_site)
@@ -477,7 +479,8 @@ def likelihood_degradation(
     delta = check_perturbation(delta, x).detach()
     if num_samples is not None:
         num_samples = check_positive_int(num_samples, "num_samples")
-    gen = make_generator(check_seed(seed), x.device)
+    seed = resolve_seed(check_seed(seed))  # recorded, so any call can be repeated exactly
+    gen = make_generator(seed, x.device)
     pair = _build_pair(model, guide, x, model_args, model_kwargs, latent_site, obs_site)
     if pair.obs_value is None:
         raise ValueError(
@@ -492,16 +495,22 @@ def likelihood_degradation(
     obs = _repeat_rows(pair.obs_value, k * (m + 1))
     with pair.session(), joint_rng(pair, gen, x.device), torch.no_grad():
         if num_samples is None:
-            guide_tr = pair._guide_trace(inputs, _Centre(latent_site))
+            guide_tr = pair._guide_trace(inputs, _AtCentre(latent_site))
         else:
-            eta = torch.randn(
-                (rows, pair.d_z), generator=gen, device=x.device, dtype=pair.obs_value.dtype
-            )
+            eta = torch.randn((rows, pair.d_z), generator=gen, device=x.device, dtype=x.dtype)
             guide_tr = pair.draw(_repeat_rows(inputs, k), eta)
         values = {name: site["value"] for name, site in _latents(guide_tr).items()}
         model_tr = pair._model_trace(x_clean, {**values, obs_site: obs})
         log_lik = _log_density(model_tr, rows, "The model", sites={obs_site})
         log_lik = log_lik.reshape(k, (m + 1) * n).mean(0)
+    bad = ~torch.isfinite(log_lik)
+    if bool(bad.any()):
+        ids = sorted({i % n for i in torch.nonzero(bad).flatten().tolist()})
+        raise ValueError(
+            f"{fn}: log p(x_obs | codes) is NaN/inf for input(s) obs_id={ids[:20]}; the "
+            "degradation is undefined there. Check the weights and that the observed values "
+            "lie in the likelihood's support."
+        )
     clean = log_lik[:n]
     attacked = log_lik[n:].reshape(m, n).T
     degradation = (attacked - clean.unsqueeze(-1)) / clean.abs().unsqueeze(-1)
