@@ -341,3 +341,69 @@ def test_margin_bound_refuses_a_nan_jacobian():
     # sqrt(x - 1) at x = 0 is NaN (zeroed in the value), but its derivative stays NaN
     with pytest.raises(ValueError, match=r"Jacobian or standard deviation is NaN/inf"):
         pr.margin_bound(model, guide, torch.zeros(2, 1), r=0.5, confidence=0.9, num_samples=50)
+
+
+def test_review_regressions_are_refused_or_fixed():
+    # 1. a global guide latent would be shared by every folded draw: refused by name
+    def gguide(x):
+        w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(x + w, 0.01).to_event(1))
+
+    def gmodel(x):
+        pyro.sample("w", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 0.1).to_event(1), obs=x)
+
+    with pytest.raises(ValueError, match=r"site\(s\) \['w'\] without one row per input"):
+        pr.r_robustness(gmodel, gguide, torch.zeros(4, 1), r=1.0)
+
+    # 2. an encoder mean with no path to x (through numpy) certifies no infinite margin
+    enc = nn.Linear(4, 2)
+
+    def nguide(x):
+        with pyro.plate("data", len(x)):
+            loc = enc(torch.as_tensor(x.detach().numpy()))
+            pyro.sample("z", dist.Normal(loc, 0.1).to_event(1))
+
+    def nmodel(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(len(x), 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True) + x, 0.1).to_event(1), obs=x)
+
+    x4 = torch.rand(4, 4)
+    with pytest.raises(ValueError, match=r"does not depend differentiably on x"):
+        pr.margin_bound(nmodel, nguide, x4, r=1.0, confidence=0.9, num_samples=50)
+    with pytest.raises(ValueError, match=r"encoder mean .* has no gradient path"):
+        pr.latent_attack(nmodel, nguide, x4, x4.flip(0), eps=0.1, steps=2, box=None)
+
+    # 3. the resolved seed is recorded (and repeats the answer); 4. no gradient left on params
+    tree = pr.latent_attack(
+        nmodel, _scale_guide_like(enc), x4, x4.flip(0), lam=1.0, steps=3, box=None
+    )
+    seed = int(tree.attrs["seed"])
+    assert all(p.grad is None for p in enc.parameters())
+    again = pr.latent_attack(
+        nmodel, _scale_guide_like(enc), x4, x4.flip(0), lam=1.0, steps=3, box=None, seed=seed
+    )
+    np.testing.assert_array_equal(
+        tree["constant_data"]["delta"].values, again["constant_data"]["delta"].values
+    )
+
+    # 5. numpy per-input arguments are named; 6. the caller's RNG is left as it was
+    with pytest.raises(TypeError, match=r"`model_args\[0\]` is a ndarray"):
+        pr.r_robustness(gmodel, gguide, torch.zeros(4, 1), r=1.0, model_args=(np.zeros(4),))
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    pr.r_robustness(_scale_model, _scale_guide, torch.ones(2, 1), r=0.2, num_samples=20, seed=1)
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+def _scale_guide_like(enc):
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(enc(x), 0.1).to_event(1))
+
+    return guide
