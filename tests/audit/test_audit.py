@@ -341,7 +341,11 @@ def test_shard_seed_is_a_spawned_seed_sequence():
     [
         ({"engine": "spark"}, ValueError, "engine"),
         ({"shard_size": 0}, ValueError, "shard_size"),
-        ({"queries": {"no_such_query": {}}}, ValueError, "Unknown query 'no_such_query'"),
+        (
+            {"queries": {"no_such_query": {}}},
+            ValueError,
+            "Unknown query 'no_such_query' in `queries`",
+        ),
         ({"queries": {"r_robustness": {"r": 1.0, "seed": 3}}}, ValueError, "seed"),
         ({"queries": {}}, ValueError, "empty"),
         ({"queries": {"a/b": {}}}, ValueError, "label"),
@@ -349,6 +353,9 @@ def test_shard_seed_is_a_spawned_seed_sequence():
         ({"num_workers": 2}, ValueError, 'engine="ray"'),
         ({"seed": -1}, TypeError, "seed"),
         ({"max_retries": -1}, ValueError, "max_retries"),
+        ({"device": "tpu"}, ValueError, "device"),
+        ({"overwrite": "yes"}, TypeError, "overwrite"),
+        ({"progress": "yes"}, TypeError, "progress"),
     ],
 )
 def test_bad_arguments_are_refused(lg, tmp_path, kwargs, error, match):
@@ -366,6 +373,12 @@ def test_bad_models_data_and_groups_are_refused(lg, tmp_path):
         audit(lg.model, _x(lg, 3), queries=q, out=tmp_path / "a.zarr")
     with pytest.raises(TypeError, match="data"):
         audit((lg.model, lg.guide), [1.0, 2.0], queries=q, out=tmp_path / "a.zarr")
+    x = _x(lg, 4)
+    x[2, 1] = float("nan")
+    with pytest.raises(
+        ValueError, match=r"`data` holds NaN or infinite values in 1 input\(s\) \(first: \[2\]\)"
+    ):
+        audit((lg.model, lg.guide), x, queries=q, out=tmp_path / "a.zarr")
     with pytest.raises(ValueError, match="kwargs\\['delta'\\]"):
         audit(
             (lg.model, lg.guide),
@@ -405,8 +418,26 @@ def test_a_store_of_another_audit_is_not_resumed(lg, tmp_path):
         audit((lg.model, lg.guide), _x(lg, 3, seed=9), queries=q, out=out, shard_size=2, seed=0)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "file.txt").write_text("not a store")
-    with pytest.raises(ValueError, match="not a zarr store"):
-        audit((lg.model, lg.guide), _x(lg, 3), queries=q, out=tmp_path / "other")
+    for overwrite in (False, True):  # other files are never deleted, overwrite or not
+        with pytest.raises(ValueError, match="not a zarr store"):
+            audit(
+                (lg.model, lg.guide),
+                _x(lg, 3),
+                queries=q,
+                out=tmp_path / "other",
+                overwrite=overwrite,
+            )
+        assert (tmp_path / "other" / "file.txt").read_text() == "not a store"
+    xr.Dataset({"a": ("i", [1, 2])}).to_zarr(tmp_path / "foreign.zarr", zarr_format=2)
+    with pytest.raises(ValueError, match=r"not a pyrobust audit.*replaces only audit stores"):
+        audit(
+            (lg.model, lg.guide),
+            _x(lg, 3),
+            queries=q,
+            out=tmp_path / "foreign.zarr",
+            overwrite=True,
+        )
+    assert xr.open_zarr(tmp_path / "foreign.zarr")["a"].values.tolist() == [1, 2]
 
 
 class _ConditionalLG(LinearGaussianVAE):
