@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from pyrobust._results import JSON_PREFIX, decode_attrs, encode_attrs
+from pyrobust._results import JSON_PREFIX, decode_attrs, encode_attrs, strip_standard_attrs
 
 __all__ = ["as_tree", "combine", "load", "require_group", "result_kind", "save", "settings"]
 
@@ -100,14 +100,11 @@ def result_kind(tree: xr.DataTree) -> str:
 def settings(tree: xr.DataTree) -> dict[str, Any]:
     """Return the settings that produced ``tree`` (its root attrs, JSON values decoded).
 
-    ArviZ bookkeeping attributes (``created_at``, ``creation_library*``) are left out.
+    ArviZ's bookkeeping attributes (``created_at``, ``inference_library*``,
+    ``creation_library*``, ``arviz_version``) are left out.
     """
     _check_tree(tree)
-    return {
-        k: v
-        for k, v in decode_attrs(tree.attrs).items()
-        if not (k == "created_at" or k.startswith("creation_library"))
-    }
+    return strip_standard_attrs(decode_attrs(tree.attrs))
 
 
 def require_group(
