@@ -48,6 +48,7 @@ __all__ = [
     "DEFAULT_MAX_BATCH",
     "FAMILIES",
     "REFERENCES",
+    "build_pair",
     "check_finite_distances",
     "event_dims",
     "joint_rng",
@@ -143,6 +144,21 @@ def random_perturbations(
             u = u / math.sqrt(d)
     eps = eps.to(device=x.device, dtype=x.dtype).reshape(-1, 1, 1)
     return (eps * u).reshape(-1, *x.shape)
+
+
+def build_pair(model, guide, x, model_args, model_kwargs, latent_site, obs_site) -> Pair:
+    """:meth:`Pair.build` after checking the site names: every query's first step."""
+    from pyrobust.robustness._validation import check_site_name
+
+    return Pair.build(
+        model,
+        guide,
+        x,
+        model_args=model_args,
+        model_kwargs=model_kwargs,
+        latent_site=check_site_name(latent_site, "latent_site"),
+        obs_site=check_site_name(obs_site, "obs_site"),
+    )
 
 
 def joint_rng(pair: Pair, generator: torch.Generator | None, device: torch.device):

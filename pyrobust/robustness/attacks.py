@@ -52,6 +52,7 @@ from pyrobust.models.sites import Pair, _latents, per_row_log_prob
 from pyrobust.robustness._sampling import (
     DEFAULT_MAX_BATCH,
     REFERENCES,
+    build_pair,
     event_dims,
     joint_rng,
     make_generator,
@@ -67,7 +68,6 @@ from pyrobust.robustness._validation import (
     check_inputs,
     check_positive_int,
     check_seed,
-    check_site_name,
 )
 
 __all__ = ["latent_attack", "max_damage_attack", "output_attack"]
@@ -150,20 +150,6 @@ def _check_target(target, x: torch.Tensor, fn: str) -> torch.Tensor:
     target = target.detach().to(device=x.device, dtype=x.dtype)
     check_finite(target, "target")
     return target
-
-
-def _build_pair(model, guide, x, model_args, model_kwargs, latent_site, obs_site) -> Pair:
-    check_site_name(latent_site, "latent_site")
-    check_site_name(obs_site, "obs_site")
-    return Pair.build(
-        model,
-        guide,
-        x,
-        model_args=model_args,
-        model_kwargs=model_kwargs,
-        latent_site=latent_site,
-        obs_site=obs_site,
-    )
 
 
 def _check_obs_target(target, pair: Pair, fn: str, x: torch.Tensor) -> torch.Tensor:
@@ -635,7 +621,7 @@ def max_damage_attack(
 
     n, e = x.shape[0], eps_grid.shape[0]
     event = tuple(x.shape[1:])
-    pair = _build_pair(model, guide, x, model_args, model_kwargs, latent_site, obs_site)
+    pair = build_pair(model, guide, x, model_args, model_kwargs, latent_site, obs_site)
     with pair.session():
         ref = _reference(pair, x)
     # Fold the eps grid into the batch: row (j, i) is input i under budget eps_j.
@@ -830,7 +816,7 @@ def _targeted(
     ``target`` is a value of the observed site (scored by the model's likelihood).
     """
     x = _check_x(x, fn)
-    pair = _build_pair(model, guide, x, model_args, model_kwargs, latent_site, obs_site)
+    pair = build_pair(model, guide, x, model_args, model_kwargs, latent_site, obs_site)
     event = tuple(x.shape[1:])
     if kind == "latent":
         pair.require_single_latent(fn)

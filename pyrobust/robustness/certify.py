@@ -50,7 +50,7 @@ from scipy import optimize, stats
 
 from pyrobust._results import make_tree, to_numpy
 from pyrobust.models.sites import Pair
-from pyrobust.robustness._sampling import event_dims
+from pyrobust.robustness._sampling import build_pair, event_dims
 from pyrobust.robustness._validation import check_inputs, check_site_name
 
 __all__ = ["LipschitzDesign", "certified_margin", "chi2_tail_bound", "design_lipschitz"]
@@ -380,15 +380,7 @@ def certified_margin(
             guide, x, model_args=model_args, model_kwargs=model_kwargs, latent_site=latent_site
         )
     else:
-        pair = Pair.build(
-            model,
-            guide,
-            x,
-            model_args=model_args,
-            model_kwargs=model_kwargs,
-            latent_site=latent_site,
-            obs_site=obs_site,
-        )
+        pair = build_pair(model, guide, x, model_args, model_kwargs, latent_site, obs_site)
     pair.require_single_latent("certified_margin")
     with torch.no_grad(), pair.session():
         _, scale = pair.encode(x)

@@ -25,6 +25,7 @@ from pyrobust.models.sites import _AtCentre, _latents
 from pyrobust.robustness._sampling import (
     DEFAULT_MAX_BATCH,
     REFERENCES,
+    build_pair,
     event_dims,
     joint_rng,
     make_generator,
@@ -44,7 +45,6 @@ from pyrobust.robustness.attacks import (
     _METHODS,
     _NORMS,
     _attack_core,
-    _build_pair,
     _check_box,
     _check_positive,
     _check_x,
@@ -216,7 +216,7 @@ def empirical_margin(
     gen = make_generator(seed, x.device)
 
     n, event = x.shape[0], tuple(x.shape[1:])
-    pair = _build_pair(model, guide, x, model_args, model_kwargs, latent_site, obs_site)
+    pair = build_pair(model, guide, x, model_args, model_kwargs, latent_site, obs_site)
     with pair.session():
         ref = _reference(pair, x)
 
@@ -481,7 +481,7 @@ def likelihood_degradation(
         num_samples = check_positive_int(num_samples, "num_samples")
     seed = resolve_seed(check_seed(seed))  # recorded, so any call can be repeated exactly
     gen = make_generator(seed, x.device)
-    pair = _build_pair(model, guide, x, model_args, model_kwargs, latent_site, obs_site)
+    pair = build_pair(model, guide, x, model_args, model_kwargs, latent_site, obs_site)
     if pair.obs_value is None:
         raise ValueError(
             f"{fn}: the model's observed site {obs_site!r} is not observed at x (no obs= value), "

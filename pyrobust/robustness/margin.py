@@ -11,11 +11,11 @@ import torch
 import xarray as xr
 
 from pyrobust._results import make_tree
-from pyrobust.models.sites import Pair
 from pyrobust.robustness._jacobian import encoder_jacobian
 from pyrobust.robustness._sampling import (
     DEFAULT_MAX_BATCH,
     REFERENCES,
+    build_pair,
     event_dims,
     resolve_seed,
     sample_distances,
@@ -196,15 +196,7 @@ def margin_bound(
     seed_used = resolve_seed(check_seed(seed))
     generator = torch.Generator(device=x.device).manual_seed(seed_used)
 
-    pair = Pair.build(
-        model,
-        guide,
-        x,
-        model_args=model_args,
-        model_kwargs=model_kwargs,
-        latent_site=latent_site,
-        obs_site=obs_site,
-    )
+    pair = build_pair(model, guide, x, model_args, model_kwargs, latent_site, obs_site)
     pair.require_single_latent("margin_bound")
     with pair.session():
         _, scale, jac = encoder_jacobian(pair, x, max_batch=max_batch)

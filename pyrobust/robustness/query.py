@@ -20,6 +20,7 @@ from pyrobust.robustness._sampling import (
     DEFAULT_MAX_BATCH,
     FAMILIES,
     REFERENCES,
+    build_pair,
     event_dims,
     random_perturbations,
     resolve_seed,
@@ -309,15 +310,7 @@ def r_robustness(
     else:
         delta_t, pert_dims = None, ()
 
-    pair = Pair.build(
-        model,
-        guide,
-        x,
-        model_args=model_args,
-        model_kwargs=model_kwargs,
-        latent_site=latent_site,
-        obs_site=obs_site,
-    )
+    pair = build_pair(model, guide, x, model_args, model_kwargs, latent_site, obs_site)
     sites = _check_return_sites(return_sites, pair, auto)
     site_dims: dict[str, list[str]] = {}
     with torch.no_grad(), pair.session():
