@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import logging
+
 import numpy as np
 import torch
 
@@ -56,6 +58,8 @@ from pyrobust.robustness.attacks import (
 )
 
 __all__ = ["empirical_margin", "likelihood_degradation"]
+
+logger = logging.getLogger(__name__)
 
 
 def empirical_margin(
@@ -333,9 +337,18 @@ def empirical_margin(
     hi[unbroken] = lo[unbroken]
     # Bisection, every bracketed input at its own midpoint, in one batch per step.
     idx = (todo & broken).nonzero().squeeze(-1)
-    for _ in range(bisection_steps if idx.numel() else 0):
+    logger.info(
+        "empirical_margin: %d of %d inputs bracketed, %d never broken, %d not robust at 0",
+        idx.numel(),
+        n,
+        int(unbroken.sum()),
+        int((~todo).sum()),
+    )
+    steps_run = bisection_steps if idx.numel() else 0
+    for step in range(steps_run):
         mid = 0.5 * (lo[idx] + hi[idx])
         record(idx, mid, *attack(idx, mid))
+        logger.info("empirical_margin: bisection step %d/%d", step + 1, steps_run)
 
     # sequential: the intervals at each verdict's own level, 1 - error / (D J)
     level = confidence if auto is None else 1.0 - seq_runs[0].alpha_per_look
