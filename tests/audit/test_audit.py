@@ -480,3 +480,12 @@ def test_per_input_model_args_follow_their_shard(tmp_path):
             _region(tree, "r_robustness/robustness", start, start + 2),
             ref["robustness"].to_dataset(),
         )
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import pyrobust.robustness.audit as module
+
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, raise_on_error=False)
+    assert result.attempted >= 10 and result.failed == 0
