@@ -839,6 +839,7 @@ def audit(
     a template written from the first finished shard) and then marked in the root variable
     ``shards_done``. Running ``audit`` again with the same settings resumes: shards marked done
     are not recomputed, so an audit killed at any point loses at most the shards in flight.
+    Only this process writes the store, on a background thread, while the next shard computes.
 
     Parameters
     ----------
