@@ -15,9 +15,8 @@ References
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import torch
