@@ -18,6 +18,7 @@ import hashlib
 import inspect
 import io
 import json
+import logging
 import math
 import numbers
 import os
@@ -51,6 +52,8 @@ from pyrobust.inference._protocol import (
 from pyrobust.inference.objectives import BetaELBO
 
 __all__ = ["fit", "load_checkpoint", "save_checkpoint"]
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 _OPTIMIZERS = {
@@ -1068,6 +1071,16 @@ def fit(
                             device,
                         )
                 history.add(history.epochs, record)
+                if not show:  # no bar: progress through logging (the CLI shows it)
+                    logger.info(
+                        "fit: epoch %d/%d, train loss %.5g%s",
+                        epoch + 1,
+                        epochs,
+                        float(record["train_loss"]),
+                        f", val loss {float(record['val_loss']):.5g}"
+                        if "val_loss" in record
+                        else "",
+                    )
                 monitored = record.get("val_loss", record["train_loss"])
                 improved = monitored < best
                 if improved:
