@@ -1,16 +1,19 @@
 r"""The experiment of [CAM] at laptop scale (``pyrobust reproduce``).
 
-For each dataset (scikit-learn digits, procedural dSprites), objective (VAE, β-VAE, β-TCVAE) and
-β, train a model, then for a fixed set of test inputs compute
+For each dataset (scikit-learn digits, procedural dSprites, the 5,000 real MNIST digits of
+``"mnist5k"`` with the 28x28 conv nets), objective (VAE, β-VAE, β-TCVAE), β and training seed,
+train a model, then for a fixed set of test inputs compute
 
 * encoder standard deviations :math:`\sigma(x)` (minimum and mean over latents),
-  :math:`\|J(x)\|_F`, :math:`p_A = p_r(x, 0)` and the margin bound (:func:`margin_bound`),
+  :math:`\|J(x)\|_F` and :math:`\|J(x)\|_2`, :math:`p_A = p_r(x, 0)` and the margin bound
+  (:func:`margin_bound`) in four variants on the same draws (:data:`BOUND_VARIANTS`),
 * the empirical margin found by attacks (:func:`empirical_margin`),
 * the likelihood degradation under a maximum-damage attack of fixed budget,
 * disentanglement metrics (dSprites: MIG, SAP, DCI on the encoder means),
 
-and write one DataTree with a ``model`` dim (coordinates ``objective`` and ``beta`` along it), one
-child per dataset, the figures, and a markdown summary set beside the paper's claims.
+and write one DataTree with a ``model`` dim (coordinates ``objective``, ``beta`` and ``seed``
+along it), one child per dataset, the figures, and a markdown summary set beside the paper's
+claims, each claim with its effect size and a bootstrap 95% interval over inputs and seeds.
 
 The radius ``r`` is the same for every model of a dataset, so the comparison across β is at one
 fixed r: ``r_scale`` times the largest, over the dataset's models, of the median degree of
