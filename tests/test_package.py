@@ -67,7 +67,7 @@ def test_wheel_metadata_pep639_and_single_version(dist):
     # pyproject.toml holds no version of its own: it reads pyrobust.__version__
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert re.search(r'^dynamic = \["version"\]', pyproject, flags=re.M)
-    assert not re.search(r"^version = ", pyproject, flags=re.M)
+    assert not re.search(r"^version = \"", pyproject, flags=re.M)  # only the attr = ...
     (sdist,) = out_dir.glob("*.tar.gz")
     with tarfile.open(sdist) as tf:
         members = set(tf.getnames())
