@@ -113,8 +113,8 @@ def r_robustness(
     :math:`p_r > 1/2`. With :math:`k` of :math:`n` draws inside the ball,
     :math:`\hat p = k/n`, reported with the exact Clopper–Pearson interval [3]_
     :math:`[B^{-1}(\alpha/2; k, n-k+1),\, B^{-1}(1-\alpha/2; k+1, n-k)]`,
-    :math:`\alpha = 1 - \text{confidence}`, and a three-valued decision: ``"robust"`` when the
-    interval lies above 1/2, ``"not robust"`` when below, ``"undecided"`` otherwise. The
+    :math:`\alpha = 1 - \text{confidence}`, and a three-valued decision: robust (code 1) when
+    the interval lies above 1/2, not robust (-1) when below, undecided (0) otherwise. The
     **degree of robustness** (the smallest ``r`` for which the criterion holds) is the median of
     :math:`\|\Delta\|`.
 
