@@ -1196,12 +1196,6 @@ PENDING: dict[str, str] = {
     "pr.models.VAE.model|x of the wrong event shape": f"{MODELS}: model(x) runs with x of "
     "the wrong shape (the observed site is not checked until log_prob)",
     "pr.models.bjorck_orthonormalize|weight with NaN": f"{MODELS}: NaN weight gives NaN",
-    "pr.audit|data with NaN": f"{AUDIT}: the query's error names x, not data",
-    "pr.audit|queries unknown": f"{AUDIT}: 'Unknown query', not queries",
-    "pr.audit|device unknown": f"{AUDIT}: raw torch RuntimeError for device='tpu'",
-    "pr.audit|overwrite a string": f"{AUDIT}: overwrite='yes' accepted as True",
-    "pr.audit|out a directory that is not a store": f"{AUDIT}: with overwrite=True the "
-    "directory's files are deleted (thesis.tex lost), as save() did before issue 13 item 5",
     "pr.analysis.report|empty list": f"{REPORT}: the message does not name trees_or_paths",
     "pr.analysis.sap|codes 1-d": f"{METRICS}: 1-d codes accepted",
     **{
