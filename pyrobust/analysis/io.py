@@ -749,7 +749,7 @@ def combine(
     kinds = [_query_kind(t) for t in trees]
     if len(set(kinds)) > 1:
         raise ValueError(
-            f"cannot combine results of different kinds: {kinds}. Combine results of one query "
+            f"`trees` holds results of different kinds: {kinds}. Combine results of one query "
             f"(e.g. all r_robustness, or all margin_bound) and put the others beside them."
         )
     all_attrs = [decode_attrs(t.attrs) for t in trees]

@@ -450,7 +450,9 @@ def report(
         else list(trees_or_paths)
     )
     if not items:
-        raise ValueError("report needs at least one result tree or path; got an empty sequence.")
+        raise ValueError(
+            "`trees_or_paths` must hold at least one result tree or path; got an empty sequence."
+        )
     if names is not None and len(names) != len(items):
         raise ValueError(
             f"names must have one entry per result: {len(items)} results, {len(names)} names."

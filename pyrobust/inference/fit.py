@@ -306,7 +306,17 @@ def _make_optimizer(optimizer, lr):
 
 def _resolve_device(device, module, x) -> torch.device:
     if device is not None:
-        return torch.device(device)
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(
+                f"`device` must name a torch device such as 'cpu' or 'cuda:0'; got {device!r}."
+            ) from err
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"`device`={str(device)!r} but CUDA is not available here; use device='cpu'."
+            )
+        return device
     if module is not None:
         p = next(iter(module.parameters()), None)
         if p is not None:
@@ -909,6 +919,12 @@ def fit(
     x_val, val_args = None, None
     if val_data is not None:
         x_val = _Source(val_data, "val_data", dtype)
+        if x_val.tensor is not None and x.tensor is not None:
+            if tuple(x_val.tensor.shape[1:]) != tuple(x.tensor.shape[1:]):
+                raise ValueError(
+                    f"`val_data` must have the training data's shape per row, "
+                    f"{tuple(x.tensor.shape[1:])}; got rows of {tuple(x_val.tensor.shape[1:])}."
+                )
         if val_model_args is None and val_model_kwargs is None:
             if args.per_point:
                 raise ValueError(

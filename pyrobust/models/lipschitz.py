@@ -108,7 +108,7 @@ def _flatten_event(x: torch.Tensor, event: tuple[int, ...], name: str) -> torch.
     k = len(event)
     if x.dim() < k or tuple(x.shape[x.dim() - k :]) != event:
         raise ValueError(
-            f"{name} expects inputs of shape (*batch, {', '.join(map(str, event))}); got "
+            f"{name} expects x of shape (*batch, {', '.join(map(str, event))}); got "
             f"{tuple(x.shape)}. Reshape the input or build the module with the right shape."
         )
     return x.reshape(*x.shape[: x.dim() - k], math.prod(event))
@@ -161,6 +161,16 @@ def bjorck_orthonormalize(weight: torch.Tensor, n_iter: int = 20) -> torch.Tenso
             f"{getattr(weight, 'shape', type(weight).__name__)}."
         )
     n_iter = _positive_int("n_iter", n_iter, minimum=0)
+    if not bool(torch.isfinite(weight).all()):
+        raise ValueError(
+            "`weight` has NaN/inf entries; its orthonormalisation would be NaN. Check the "
+            "training (a diverged step) or the loaded weights."
+        )
+    return _bjorck(weight, n_iter)
+
+
+def _bjorck(weight: torch.Tensor, n_iter: int) -> torch.Tensor:
+    """:func:`bjorck_orthonormalize` without input checks (the layers' hot path)."""
     w = weight / _spectral_upper_bound(weight)[..., None, None]
     tall = w.shape[-2] >= w.shape[-1]
     for _ in range(n_iter):
@@ -210,7 +220,7 @@ class BjorckLinear(nn.Module):
         self.in_features = _positive_int("in_features", in_features)
         self.out_features = _positive_int("out_features", out_features)
         self.scale = _positive("scale", scale)
-        self.n_iter = _positive_int("n_iter", n_iter, minimum=0)
+        self.n_iter = _positive_int("n_iter", n_iter, minimum=1)
         self.weight = nn.Parameter(torch.empty(self.out_features, self.in_features))
         self.bias = nn.Parameter(torch.zeros(self.out_features)) if bias else None
         nn.init.orthogonal_(self.weight)
@@ -221,12 +231,12 @@ class BjorckLinear(nn.Module):
         n_iter = self.n_iter if n_iter is None else n_iter
         if torch.is_grad_enabled() and self.weight.requires_grad:
             self._cache = None
-            return bjorck_orthonormalize(self.weight, n_iter)
+            return _bjorck(self.weight, n_iter)
         w = self.weight
         key = (w.data_ptr(), w._version, w.dtype, w.device, n_iter)
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():
-                self._cache = (key, bjorck_orthonormalize(w, n_iter))
+                self._cache = (key, _bjorck(w, n_iter))
         return self._cache[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -131,9 +131,9 @@ def _conv_sizes(size: int, n_layers: int, k: int, s: int, p: int, arg: str) -> l
         nxt = (sizes[-1] + 2 * p - k) // s + 1
         if nxt < 1:
             raise ValueError(
-                f"{arg}={size} is too small for {n_layers} conv layers with kernel_size={k}, "
-                f"stride={s}, padding={p} (sizes {sizes} then {nxt}). Use fewer channels "
-                "(layers) or a larger input."
+                f"input_shape: its {arg} {size} is too small for {n_layers} conv layers with "
+                f"kernel_size={k}, stride={s}, padding={p} (sizes {sizes} then {nxt}). Use "
+                "fewer channels (layers) or a larger input_shape."
             )
         sizes.append(nxt)
     return sizes

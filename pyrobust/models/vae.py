@@ -191,6 +191,13 @@ class VAE(PyroModule):
             loc = x.new_zeros(x.shape[0], self.latent_dim)
             z = pyro.sample(self.latent_site, dist.Normal(loc, 1.0).to_event(1))
             params = self.decoder(z)
+            recon = tuple(params.shape[params.dim() - event_dim :]) if event_dim else ()
+            if recon != tuple(x.shape[1:]):
+                raise ValueError(
+                    f"x has rows of shape {tuple(x.shape[1:])}, but the decoder reconstructs "
+                    f"{recon}: the observed site would score mismatched "
+                    "pixels. Pass inputs of the shape the VAE was built for."
+                )
             pyro.sample(self.obs_site, self.likelihood(params, event_dim), obs=x)
 
     @ignore_jit_warnings()

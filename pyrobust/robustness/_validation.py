@@ -64,6 +64,11 @@ def check_inputs(x: Any, name: str = "x") -> torch.Tensor:
             f"`{name}` must be a floating-point tensor; got dtype {x.dtype}. "
             f"Use {name}.float() (or .double())."
         )
+    if x.is_meta:
+        raise ValueError(
+            f"`{name}` is on the meta device (shapes without data); pass real inputs on the "
+            "model's device, e.g. x.to('cpu')."
+        )
     if x.dim() < 2 or x.shape[0] < 1:
         raise ValueError(
             f"`{name}` must have shape (n_inputs, *event) with a leading batch dim and at least "

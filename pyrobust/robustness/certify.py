@@ -51,7 +51,7 @@ from scipy import optimize, stats
 from pyrobust._results import make_tree, to_numpy
 from pyrobust.models.sites import Pair
 from pyrobust.robustness._sampling import build_pair, event_dims
-from pyrobust.robustness._validation import check_inputs, check_site_name
+from pyrobust.robustness._validation import check_inputs, check_radius, check_site_name
 
 __all__ = ["LipschitzDesign", "certified_margin", "chi2_tail_bound", "design_lipschitz"]
 
@@ -63,10 +63,12 @@ _TAILS = ("inglot", "exact")
 # --------------------------------------------------------------------------------------------
 def _check_m(m, tail: str) -> int:
     if isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 1:
-        raise ValueError(f"The latent dimension m must be a positive integer; got {m!r}.")
+        raise ValueError(
+            f"`latent_dim` (the latent dimension m) must be a positive integer; got {m!r}."
+        )
     if tail == "inglot" and m < 2:
         raise ValueError(
-            f"Inglot's chi-square tail bound (Bound 2) needs latent dimension m >= 2; got m={m}. "
+            f"Inglot's chi-square tail bound (Bound 2) needs `latent_dim` m >= 2; got m={m}. "
             "Use tail='exact' (the exact chi-square tail), or rely on Bound 1."
         )
     return int(m)
@@ -182,18 +184,6 @@ def _constant(name: str, value, *, allow_zero: bool = False) -> float:
             "non-constant network are positive; read them with pyrobust.models.lipschitz_constants."
         )
     return value
-
-
-def _radii(r, *, device, dtype) -> tuple[torch.Tensor, bool]:
-    rt = torch.as_tensor(r, dtype=dtype, device=device) if not isinstance(r, torch.Tensor) else r
-    if rt.dim() > 1 or rt.numel() == 0:
-        raise ValueError(f"`r` must be a positive number or a 1-D sequence of them; got {r!r}.")
-    rt = rt.to(device=device, dtype=dtype)
-    if not bool(torch.all(torch.isfinite(rt) & (rt > 0))):
-        raise ValueError(
-            f"`r` must be positive and finite (a distance between reconstructions); got {r!r}."
-        )
-    return rt, rt.dim() == 1
 
 
 def _constants_from_vae(model, guide):
@@ -386,7 +376,8 @@ def certified_margin(
         _, scale = pair.encode(x)
         m = _check_m(scale.shape[-1], tail)
         dtype = scale.dtype if scale.dtype.is_floating_point else torch.float32
-        rt, sweep = _radii(r, device=scale.device, dtype=dtype)
+        rt, scalar = check_radius(r, scale.to(dtype))
+        sweep = not scalar
         if gamma is not None and not torch.allclose(
             scale, torch.full_like(scale, gamma), rtol=1e-4, atol=1e-7
         ):

@@ -195,7 +195,7 @@ def empirical_margin(
     norm = check_choice(norm, "norm", _NORMS)
     method = check_choice(method, "method", _METHODS)
     reference = check_choice(reference, "reference", REFERENCES)
-    bisection_steps = check_positive_int(bisection_steps, "bisection_steps", minimum=0)
+    bisection_steps = check_positive_int(bisection_steps, "bisection_steps")
     steps = check_positive_int(steps, "steps")
     restarts = check_positive_int(restarts, "restarts")
     eot_samples = check_positive_int(eot_samples, "eot_samples")

@@ -226,7 +226,7 @@ def test_progress_bar_when_asked(capsys):
     fit(MLPPair(), X, epochs=1, batch_size=32, progress=True)
     assert "fit" in capsys.readouterr().err
     fit(MLPPair(), X, epochs=1, batch_size=32)  # stderr is not a terminal under pytest
-    assert capsys.readouterr().err == ""
+    assert "%|" not in capsys.readouterr().err  # no bar (progress may go through logging)
 
 
 class _BatchDataset(torch.utils.data.Dataset):

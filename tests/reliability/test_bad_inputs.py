@@ -794,7 +794,7 @@ def _analysis_cases() -> list[Case]:
         _a(
             "combine",
             "different kinds",
-            "group",
+            "trees",
             lambda t: combine([margin_tree(), robustness_tree()]),
         ),
         _a(
@@ -1182,26 +1182,7 @@ CASES: list[Case] = [
 
 #: Cases that fail today in another engineer's area: id -> "<owner area>: <what>".
 PENDING: dict[str, str] = {
-    "pr.analysis.combine|different kinds": f"{COMBINE}: the message names the kinds, not trees",
-    "pr.design_lipschitz|latent_dim 0": f"{ROBUSTNESS}: says 'latent dimension m'",
-    "pr.design_lipschitz|latent_dim a float": f"{ROBUSTNESS}: says 'latent dimension m'",
-    "pr.empirical_margin|bisection_steps 0": f"{ROBUSTNESS}: bisection_steps=0 is accepted",
-    "pr.certified_margin|x of the wrong event shape": f"{ROBUSTNESS}: the encoder's error "
-    "names 'inputs', not x",
-    "pr.certified_margin|r a string": f"{ROBUSTNESS}: raw torch TypeError (invalid data type)",
-    "pr.inference.fit|device unknown": f"{FIT}: raw torch RuntimeError for device='tpu'",
-    "pr.inference.fit|val_data of the wrong shape": f"{FIT}: the encoder's error names x",
-    "pr.models.BjorckLinear|n_iter 0": f"{MODELS}: n_iter=0 (no orthonormalisation) accepted",
-    "pr.models.ConvEncoder|input_shape too small": f"{MODELS}: names height, not input_shape",
-    "pr.models.VAE.model|x of the wrong event shape": f"{MODELS}: model(x) runs with x of "
-    "the wrong shape (the observed site is not checked until log_prob)",
-    "pr.models.bjorck_orthonormalize|weight with NaN": f"{MODELS}: NaN weight gives NaN",
-    "pr.analysis.report|empty list": f"{REPORT}: the message does not name trees_or_paths",
     "pr.analysis.sap|codes 1-d": f"{METRICS}: 1-d codes accepted",
-    **{
-        f"pr.{q}|x on another device (meta)": f"{ROBUSTNESS}: raw torch error, not a device check"
-        for q in QUERIES
-    },
 }
 
 
