@@ -664,6 +664,11 @@ def sap(
     """
     _check_common(num_bootstrap, confidence)
     c, f = _check_pair(codes, factors)
+    if c.shape[1] < 2:
+        raise ValueError(
+            f"codes must be 2-D (num_points, num_latents) with at least 2 latent dims: SAP is "
+            f"the gap between the two most predictive latents; got shape {to_numpy(codes).shape}."
+        )
     rng = np.random.default_rng(seed)
     N, L = c.shape
     K = f.shape[1]

@@ -1182,7 +1182,6 @@ CASES: list[Case] = [
 
 #: Cases that fail today in another engineer's area: id -> "<owner area>: <what>".
 PENDING: dict[str, str] = {
-    "pr.analysis.sap|codes 1-d": f"{METRICS}: 1-d codes accepted",
 }
 
 
