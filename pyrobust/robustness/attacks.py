@@ -38,6 +38,7 @@ References
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 from collections.abc import Callable
@@ -71,6 +72,8 @@ from pyrobust.robustness._validation import (
 )
 
 __all__ = ["latent_attack", "max_damage_attack", "output_attack"]
+
+logger = logging.getLogger(__name__)
 
 _NORMS = ("l2", "linf")
 _METHODS = ("pgd", "lbfgs")
@@ -407,6 +410,13 @@ def _attack_core(
     with ``eval_samples`` fresh draws of the encoder noise.
     """
     m, d_z = x.shape[0], pair.d_z
+    logger.info(
+        "max-damage attack: %d rows (inputs x budgets) x %d restarts, %s, %d steps",
+        m,
+        restarts,
+        method,
+        steps,
+    )
     what = f"The reconstruction (mean of the model's observed site {pair.obs_site!r})"
     if method == "lbfgs" and not pair.fast:
         raise ValueError(
@@ -862,6 +872,7 @@ def _targeted(
     xe = _repeat_rows(x, g_len)
     te = _repeat_rows(target, g_len)
     ge = grid.repeat_interleave(n)
+    logger.info("%s: %d inputs x %d %s values, %s, %d steps", fn, n, g_len, dim, mode, steps)
     with pair.session(), joint_rng(pair, gen, x.device):
         loc_t = scale_t = None
         if encodable:
