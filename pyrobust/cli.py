@@ -237,6 +237,36 @@ class ReproduceConfig(Common):
     )
 
 
+@dataclass
+class AuditConfig(Common):
+    run: str = _opt(None, "run directory written by `pyrobust train`", required=True)
+    dataset: str | None = _opt(
+        None,
+        "inputs: the test split of a dataset (digits, dsprites, mnist5k) or a .npy file",
+        shown="the run's dataset",
+    )
+    n_inputs: int | None = _opt(None, "audit the first N inputs", check="positive", shown="all")
+    out: str | None = _opt(
+        None, "zarr store; resumed when it holds this same audit", shown="RUN/audit.zarr"
+    )
+    force: bool = _opt(False, "replace an existing audit store instead of resuming it")
+    engine: str = _opt(
+        "local", "local (this process) or ray (the `ray` extra)", choices=("local", "ray")
+    )
+    address: str | None = _opt(
+        None, "Ray cluster: auto, HOST:6379 or ray://HOST:10001", shown="a new local Ray instance"
+    )
+    workers: int | None = _opt(None, "Ray workers", check="positive", shown="one per GPU or CPU")
+    gpus_per_worker: float | None = _opt(
+        None, "GPUs per Ray worker", check="nonneg", shown="1 on GPU clusters, else 0"
+    )
+    shard_size: int = _opt(1024, "inputs per shard (and per zarr chunk)", check="positive")
+    r: list[float] = _opt((1.0,), "radius or radii r, comma separated", check="positive")
+    num_samples: int = _opt(1000, "encoder-noise draws per input", check="positive")
+    confidence: float = _opt(0.95, "level of the intervals and of the margin bound", check="unit")
+    margin: bool = _opt(True, "also the [CAM] margin bound at the first radius")
+
+
 COMMANDS: dict[str, tuple[type, str]] = {
     "demo": (DemoConfig, "train a small VAE on digits and print a robustness report"),
     "train": (TrainConfig, "train a VAE with a disentangling objective"),
@@ -247,6 +277,7 @@ COMMANDS: dict[str, tuple[type, str]] = {
     "metrics": (MetricsConfig, "disentanglement metrics (dsprites runs)"),
     "report": (ReportConfig, "a self-contained HTML report of result files"),
     "reproduce": (ReproduceConfig, "the [CAM] experiment at laptop scale"),
+    "audit": (AuditConfig, "queries over a whole data set: sharded, resumable, on Ray"),
 }
 
 
@@ -1151,6 +1182,92 @@ def cmd_demo(cfg: DemoConfig) -> None:
     print(result.summary)
 
 
+def cmd_audit(cfg: AuditConfig) -> None:
+    """``pyrobust audit``: the queries over a whole data set, sharded into one zarr store."""
+    import numpy as np
+    import torch
+
+    from pyrobust.analysis.experiment import load_dataset
+    from pyrobust.robustness.audit import audit
+
+    if cfg.engine == "local":
+        ray_only = [
+            _flag(k)
+            for k in ("address", "workers", "gpus_per_worker")
+            if getattr(cfg, k) is not None
+        ]
+        if ray_only:
+            raise ValueError(
+                f"{', '.join(ray_only)}: settings of --engine ray; add it or drop them."
+            )
+    train_cfg = _check_run(cfg)
+    out = Path(cfg.out) if cfg.out else Path(cfg.run) / "audit.zarr"
+    if not out.parent.is_dir():
+        raise ValueError(
+            f"--out {out}: the directory {out.parent} does not exist; create it first "
+            f"(mkdir -p {out.parent})."
+        )
+    # a Ray worker checks the device on its own node; the local engine checks it here
+    device = str(_device(cfg)) if cfg.engine == "local" else cfg.device
+    name = cfg.dataset or train_cfg["dataset"]
+    if name in DATASETS:
+        own = name == train_cfg["dataset"]  # the run's own split: same n and seed as training
+        split = load_dataset(
+            name, n=train_cfg["n"] if own else None, seed=train_cfg["seed"] if own else cfg.seed
+        )
+        x = split.test
+    elif name.endswith(".npy") and Path(name).is_file():
+        x = torch.from_numpy(np.load(name, allow_pickle=False))
+    else:
+        raise ValueError(
+            f"--dataset {name}: expected one of {list(DATASETS)} (its test split) or an existing "
+            ".npy file of inputs (n, *event)."
+        )
+    if cfg.n_inputs is not None:
+        if cfg.n_inputs > x.shape[0]:
+            raise ValueError(
+                f"--n-inputs {cfg.n_inputs} exceeds the {x.shape[0]} inputs of --dataset {name}."
+            )
+        x = x[: cfg.n_inputs]
+    queries = {
+        "r_robustness": {"r": cfg.r, "num_samples": cfg.num_samples, "confidence": cfg.confidence}
+    }
+    if cfg.margin:
+        queries["margin_bound"] = {
+            "r": cfg.r[0],
+            "num_samples": cfg.num_samples,
+            "confidence": cfg.confidence,
+        }
+    log.info(
+        "audit of %d inputs in shards of %d on engine %s", x.shape[0], cfg.shard_size, cfg.engine
+    )
+    try:
+        tree = audit(
+            Path(cfg.run),
+            x,
+            queries=queries,
+            out=out,
+            engine=cfg.engine,
+            shard_size=cfg.shard_size,
+            seed=cfg.seed,
+            address=cfg.address,
+            num_workers=cfg.workers,
+            num_gpus_per_worker=cfg.gpus_per_worker,
+            device=device,
+            threads=cfg.threads,
+            overwrite=cfg.force,
+        )
+    except ImportError as err:  # the ray extra is missing: one line, exit status 2
+        raise ValueError(str(err)) from None
+    except ValueError as err:  # the library's overwrite=True is this command's --force
+        raise ValueError(str(err).replace("overwrite=True", "--force")) from err
+    done = int(tree["shards_done"].sum())
+    print(f"wrote {out}: {done} of {tree.sizes['shard']} shards, {x.shape[0]} inputs")
+    mean = tree["r_robustness/robustness"]["probability"].mean("obs_id")
+    print("mean probability of staying within r, over the inputs:")
+    print(mean.to_series().to_string())
+
+
 HANDLERS = {
     "demo": cmd_demo,
     "train": cmd_train,
@@ -1161,6 +1278,7 @@ HANDLERS = {
     "metrics": cmd_metrics,
     "report": cmd_report,
     "reproduce": cmd_reproduce,
+    "audit": cmd_audit,
 }
 
 
