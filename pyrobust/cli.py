@@ -166,8 +166,9 @@ class MarginConfig(QueryConfig):
     num_samples: int = _opt(1000, "encoder-noise draws for p_A", check="positive")
     norm: str = _opt(
         "frobenius",
-        "Jacobian norm: frobenius ([CAM]) or spectral (tighter)",
-        choices=("frobenius", "spectral"),
+        "Jacobian norm: frobenius ([CAM]), spectral (tighter) or whitened (diag(sigma)^-1 J, "
+        "tightest)",
+        choices=("frobenius", "spectral", "whitened"),
     )
     confidence: float | None = _opt(
         None,

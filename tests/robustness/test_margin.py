@@ -283,3 +283,34 @@ def test_bad_x(lg):
     x[1, 2] = float("nan")
     with pytest.raises(ValueError, match="`x` must be finite"):
         margin_bound(lg.model, lg.guide, x, r=0.5)
+
+
+def test_whitened_bound_is_the_tightest_valid_one():
+    # An anisotropic encoder: sigma differs per latent dim, so dividing J's rows by sigma_i is
+    # tighter than min_i sigma_i / ||J||_2; all three lie below the true margin.
+    A = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    sig = torch.tensor([0.05, 0.4], dtype=torch.float64)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x @ A.T, sig.expand(x.shape[0], 2)).to_event(1))
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 0.1).to_event(1), obs=x)
+
+    x = torch.zeros(3, 2, dtype=torch.float64)
+    kw = {"r": 0.6, "num_samples": 4000, "seed": 0}
+    b = {
+        norm: margin_bound(model, guide, x, norm=norm, **kw)["robustness"]["bound"].values
+        for norm in ("frobenius", "spectral", "whitened")
+    }
+    assert np.all(b["frobenius"] <= b["spectral"]) and np.all(b["spectral"] < b["whitened"])
+    # closed form of the whitened bound: Phi^-1(p_A) / max_i(A_ii / sigma_i)
+    p_a = margin_bound(model, guide, x, norm="whitened", **kw)["robustness"]["p_a"].values
+    np.testing.assert_allclose(b["whitened"], stats.norm.ppf(p_a) / max(1 / 0.05, 2 / 0.4))
+    # validity: an attack along the most sensitive direction at 0.99x the bound stays r-robust
+    delta = torch.tensor([[0.99 * float(b["whitened"].min()), 0.0]], dtype=torch.float64)
+    p = r_robustness(model, guide, x[:1], r=0.6, delta=delta, num_samples=4000, seed=1)
+    assert float(p["robustness"]["probability"].values.squeeze()) > 0.5
