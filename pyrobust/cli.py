@@ -21,6 +21,7 @@ Progress goes to stderr: tqdm bars on a terminal, :mod:`logging` records otherwi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import glob
 import hashlib
@@ -1306,13 +1307,23 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def _setup_logging() -> None:
+@contextlib.contextmanager
+def _logging_to_stderr():
+    """INFO messages of the ``pyrobust`` loggers on stderr while a command runs; the logger is
+    left as it was afterwards (``main`` may be called in-process, e.g. by tests)."""
     logger = logging.getLogger("pyrobust")
+    level, added = logger.level, None
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        logger.addHandler(handler)
+        added = _StderrHandler()
+        added.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(added)
     logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        if added is not None:
+            logger.removeHandler(added)
+        logger.setLevel(level)
 
 
 #: How torch's allocators word a failed allocation (CPU: "can't allocate memory"; CUDA:
@@ -1352,10 +1363,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = make_config(command, values)
         if isinstance(cfg, Common):
             _device(cfg)  # an unknown or absent device is refused before any work
-        _setup_logging()
-        start = time.perf_counter()
-        HANDLERS[command](cfg)
-        log.info("pyrobust %s: done in %.1f s", command, time.perf_counter() - start)
+        with _logging_to_stderr():
+            start = time.perf_counter()
+            HANDLERS[command](cfg)
+            log.info("pyrobust %s: done in %.1f s", command, time.perf_counter() - start)
     except (ValueError, TypeError, OSError, FloatingPointError, KeyError) as err:
         if debug:
             raise

@@ -907,6 +907,16 @@ def _cli_cases() -> list[Case]:
         "metrics": ["--run", "{run}", "--n-inputs", "20", "--num-bootstrap", "0"],
         "report": ["{file}", "--out", "{tmp}/rep"],
         "reproduce": ["--quick", "--out", "{tmp}/rp", "--datasets", "digits"],
+        "audit": [
+            "--run",
+            "{run}",
+            "--n-inputs",
+            "2",
+            "--num-samples",
+            "8",
+            "--out",
+            "{tmp}/a.zarr",
+        ],
     }
     cases = []
     for cmd in ALL_COMMANDS:
@@ -978,6 +988,9 @@ def _cli_cases() -> list[Case]:
         _c("attack", "steps 0", "--steps", [*fast["attack"], "--steps", "0"]),
         _c("attack", "empirical without r", "--r", [*fast["attack"], "--empirical"]),
         _c("certify", "r negative", "--r", [*fast["certify"], "--r", "-2"]),
+        _c("audit", "engine unknown", "--engine", [*fast["audit"], "--engine", "spark"]),
+        _c("audit", "shard-size 0", "--shard-size", [*fast["audit"], "--shard-size", "0"]),
+        _c("audit", "r negative", "--r", [*fast["audit"], "--r", "-1"]),
         _c("certify", "a negative", "--a", [*fast["certify"], "--a", "-1"]),
         _c(
             "metrics",
@@ -1181,8 +1194,7 @@ CASES: list[Case] = [
 ]
 
 #: Cases that fail today in another engineer's area: id -> "<owner area>: <what>".
-PENDING: dict[str, str] = {
-}
+PENDING: dict[str, str] = {}
 
 
 def _names(message: str, arg: str) -> bool:
