@@ -237,6 +237,14 @@ class ReproduceConfig(Common):
     betas: list[float] | None = _opt(
         None, "beta values, comma separated", check="positive", shown="1,2,4,8,16; --quick: 1,4"
     )
+    engine: str = _opt(
+        "local",
+        "local (this process) or ray: each model trained, then audited, as its own Ray task",
+        choices=("local", "ray"),
+    )
+    address: str | None = _opt(
+        None, "Ray cluster: auto, HOST:6379 or ray://HOST:10001", shown="a new local Ray instance"
+    )
 
 
 @dataclass
@@ -1170,6 +1178,8 @@ def cmd_reproduce(cfg: ReproduceConfig) -> None:
         device=dev,
         seed=cfg.seed,
         settings=_settings(cfg),
+        engine=cfg.engine,
+        address=cfg.address,
     )
 
 

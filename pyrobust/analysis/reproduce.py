@@ -29,6 +29,7 @@ References
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -239,8 +240,15 @@ def reproduce(
     seed: int = 0,
     seeds: int | None = None,
     settings: dict | None = None,
+    engine: str = "local",
+    address: str | None = None,
 ) -> xr.DataTree:
     """Run the [CAM] experiment and write ``reproduce.nc``, figures and ``RESULTS.md``.
+
+    With ``engine="ray"`` (the ``ray`` extra) every model is trained as its own Ray task, and
+    then audited as its own task, on the cluster at ``address`` (default: a new local Ray
+    instance); a task whose worker dies is retried. Each task is a pure function of its
+    arguments and seed, so the results are those of ``engine="local"``.
 
     Every model is trained ``seeds`` times (training seeds ``seed, seed + 1, ...``; default
     the dataset's :class:`Scale`), all on the same split and evaluated on the same test inputs,
@@ -253,7 +261,7 @@ def reproduce(
     """
     if betas is None:
         betas = (1.0, 4.0) if quick else (1.0, 2.0, 4.0, 8.0, 16.0)
-    from pyrobust.analysis.experiment import DATASETS, OBJECTIVES, load_dataset
+    from pyrobust.analysis.experiment import DATASETS, OBJECTIVES
     from pyrobust.analysis.io import save
 
     for arg, seq in (("datasets", datasets), ("objectives", objectives), ("betas", betas)):
@@ -277,6 +285,8 @@ def reproduce(
             raise ValueError(f"objectives: unknown {o!r}; choose from {list(OBJECTIVES)}.")
     if any((not np.isfinite(b)) or b <= 0 for b in betas):
         raise ValueError(f"betas must be positive numbers; got {list(betas)}.")
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray'; got {engine!r}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device or "cpu")
@@ -290,49 +300,11 @@ def reproduce(
     ]
     tree = xr.DataTree()
     start = time.perf_counter()
-    for name in datasets:
-        scale = SCALES[(name, quick)]
-        n_seeds = scale.seeds if seeds is None else seeds
-        split = load_dataset(name, n=scale.n_images, seed=seed, device=device)
-        # (objective, beta, training seed) per model; the split and test inputs are shared.
-        grid = [(o, b, seed + k) for k in range(n_seeds) for o, b in runs]
-        trained = []
-        for objective, beta, s in grid:
-            log.info("[%s] training %s beta=%g seed=%d", name, objective, beta, s)
-            trained.append(_train(split, scale, objective, beta, device=device, seed=s))
-        # One radius for every model of the dataset, wide enough that each model is r-robust
-        # on most unperturbed inputs: r_scale x the largest median degree of robustness.
-        x = split.test[: scale.n_inputs]
-        r = scale.r_scale * max(_median_degree(vae, x, scale, seed) for vae, _ in trained)
-        inputs, models = [], []
-        for (objective, beta, s), (vae, record) in zip(grid, trained, strict=True):
-            log.info("[%s] robustness of %s beta=%g seed=%d at r=%.3f", name, objective, beta, s, r)
-            t0 = time.perf_counter()
-            per_input, per_model = _evaluate(vae, split, scale, r, seed=s)
-            inputs.append(per_input)
-            models.append({**record, **per_model, "eval_seconds": time.perf_counter() - t0})
-        labels = [f"{o}/{b:g}" + (f"/seed{s}" if n_seeds > 1 else "") for o, b, s in grid]
-        extra = {"bound_variant": ("variant",), "mig_ci": ("ci_bound",)}
-        data = {
-            k: (("model", "obs_id", *extra.get(k, ())), np.stack([p[k] for p in inputs]))
-            for k in inputs[0]
-        }
-        for k in sorted({k for m in models for k in m}):
-            fill = np.full(2, np.nan) if k in extra else np.nan
-            data[k] = (("model", *extra.get(k, ())), np.array([m.get(k, fill) for m in models]))
-        coords = {
-            "model": labels,
-            "objective": ("model", [o for o, _, _ in grid]),
-            "beta": ("model", [b for _, b, _ in grid]),
-            "seed": ("model", [s for _, _, s in grid]),
-            "obs_id": np.arange(scale.n_inputs),
-            "variant": list(BOUND_VARIANTS),
-        }
-        if "mig_ci" in data:
-            coords["ci_bound"] = ["lower", "upper"]
-        attrs = {"dataset": name, "r": r, **asdict(scale), "seeds": n_seeds}
-        ds = xr.Dataset(data, coords=coords, attrs=encode_attrs(attrs))
-        tree[name] = xr.DataTree(ds)
+    with _task_map(engine, address) as run_all:
+        for name in datasets:
+            tree[name] = _reproduce_dataset(
+                name, runs, run_all, quick=quick, seeds=seeds, seed=seed, device=device
+            )
     elapsed = time.perf_counter() - start
     tree.attrs.update(
         encode_attrs(
@@ -341,6 +313,7 @@ def reproduce(
                 "quick": quick,
                 "seed": seed,
                 "device": str(device),
+                "engine": engine,
                 "elapsed_seconds": elapsed,
                 "settings": _portable(settings or {}),
             }
@@ -351,6 +324,91 @@ def reproduce(
     (out / "RESULTS.md").write_text(summarize(tree))
     log.info("wrote %s and %s in %.0f s", path, out / "RESULTS.md", elapsed)
     return tree
+
+
+@contextlib.contextmanager
+def _task_map(engine: str, address: str | None):
+    """A ``run_all(fn, jobs)`` that returns ``[fn(*job) for job in jobs]``: here, or each job as
+    its own Ray task (retried when its worker dies), joining ``address`` or a local instance."""
+    if engine == "local":
+        yield lambda fn, jobs: [fn(*job) for job in jobs]
+        return
+    from pyrobust.robustness.audit import _import_ray
+
+    ray = _import_ray()
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address)
+    try:
+        gpus = float(ray.cluster_resources().get("GPU", 0.0))
+
+        def run_all(fn, jobs):
+            task = ray.remote(num_gpus=1 if gpus else 0, max_retries=3)(fn)
+            return ray.get([task.remote(*job) for job in jobs])
+
+        yield run_all
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _train_job(split, scale, objective, beta, device, seed):
+    return _train(split, scale, objective, beta, device=device, seed=seed)
+
+
+def _evaluate_job(vae, split, scale, r, seed):
+    t0 = time.perf_counter()
+    per_input, per_model = _evaluate(vae, split, scale, r, seed=seed)
+    return per_input, {**per_model, "eval_seconds": time.perf_counter() - t0}
+
+
+def _reproduce_dataset(name, runs, run_all, *, quick, seeds, seed, device) -> xr.DataTree:
+    """Train and audit every model of one dataset (``run_all`` maps jobs to tasks)."""
+    from pyrobust.analysis.experiment import load_dataset
+
+    scale = SCALES[(name, quick)]
+    n_seeds = scale.seeds if seeds is None else seeds
+    split = load_dataset(name, n=scale.n_images, seed=seed, device=device)
+    # (objective, beta, training seed) per model; the split and test inputs are shared.
+    grid = [(o, b, seed + k) for k in range(n_seeds) for o, b in runs]
+    log.info("[%s] training %d models", name, len(grid))
+    trained = run_all(_train_job, [(split, scale, o, b, device, s) for o, b, s in grid])
+    # One radius for every model of the dataset, wide enough that each model is r-robust
+    # on most unperturbed inputs: r_scale x the largest median degree of robustness.
+    x = split.test[: scale.n_inputs]
+    r = scale.r_scale * max(_median_degree(vae, x, scale, seed) for vae, _ in trained)
+    log.info("[%s] robustness of %d models at r=%.3f", name, len(grid), r)
+    results = run_all(
+        _evaluate_job,
+        [(vae, split, scale, r, s) for (_, _, s), (vae, _) in zip(grid, trained, strict=True)],
+    )
+    inputs = [per_input for per_input, _ in results]
+    models = [
+        {**record, **per_model}
+        for (_, record), (_, per_model) in zip(trained, results, strict=True)
+    ]
+    labels = [f"{o}/{b:g}" + (f"/seed{s}" if n_seeds > 1 else "") for o, b, s in grid]
+    extra = {"bound_variant": ("variant",), "mig_ci": ("ci_bound",)}
+    data = {
+        k: (("model", "obs_id", *extra.get(k, ())), np.stack([p[k] for p in inputs]))
+        for k in inputs[0]
+    }
+    for k in sorted({k for m in models for k in m}):
+        fill = np.full(2, np.nan) if k in extra else np.nan
+        data[k] = (("model", *extra.get(k, ())), np.array([m.get(k, fill) for m in models]))
+    coords = {
+        "model": labels,
+        "objective": ("model", [o for o, _, _ in grid]),
+        "beta": ("model", [b for _, b, _ in grid]),
+        "seed": ("model", [s for _, _, s in grid]),
+        "obs_id": np.arange(scale.n_inputs),
+        "variant": list(BOUND_VARIANTS),
+    }
+    if "mig_ci" in data:
+        coords["ci_bound"] = ["lower", "upper"]
+    attrs = {"dataset": name, "r": r, **asdict(scale), "seeds": n_seeds}
+    ds = xr.Dataset(data, coords=coords, attrs=encode_attrs(attrs))
+    return xr.DataTree(ds)
 
 
 def _portable(value):
