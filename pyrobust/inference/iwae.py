@@ -18,6 +18,7 @@ from pyrobust.inference._protocol import (
     _model_dtype,
     _ModelArgs,
 )
+from pyrobust.models.sites import seeded_rng
 
 __all__ = ["importance_log_likelihood"]
 
@@ -54,17 +55,8 @@ def _per_row_log_prob(trace, rows: int, owner: str) -> torch.Tensor:
 
 
 def _fork_rng(seed: int | None, device: torch.device):
-    if seed is None:
-        return contextlib.nullcontext()
-    devices = [device.index or 0] if device.type == "cuda" else []
-
-    @contextlib.contextmanager
-    def ctx():
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            yield
-
-    return ctx()
+    """Seeded draws inside, the caller's generators untouched (none: the global stream)."""
+    return contextlib.nullcontext() if seed is None else seeded_rng(seed, device)
 
 
 def importance_log_likelihood(
