@@ -101,7 +101,7 @@ import numpy as np
 import torch
 from scipy import special, stats
 
-from pyrobust.robustness._stats import DECISIONS, NOT_ROBUST, ROBUST, UNDECIDED
+from pyrobust.robustness._stats import DECISIONS, NOT_ROBUST, ROBUST, UNDECIDED, decide
 
 __all__ = [
     "ABOUT_HALF",
@@ -427,12 +427,12 @@ def sequential_decide(
 
 
 def _final_codes(lower: torch.Tensor, upper: torch.Tensor, tolerance: float | None):
-    codes = torch.full(lower.shape, UNDECIDED, dtype=torch.int8, device=lower.device)
+    """:func:`~pyrobust.robustness._stats.decide`, plus "about 1/2" inside the tolerance."""
+    codes = decide(lower, upper)
     if tolerance is not None:
-        about = (lower > 0.5 - tolerance) & (upper < 0.5 + tolerance)
+        about = (codes == UNDECIDED) & (lower > 0.5 - tolerance) & (upper < 0.5 + tolerance)
         codes = torch.where(about, torch.full_like(codes, ABOUT_HALF), codes)
-    codes = torch.where(lower > 0.5, torch.full_like(codes, ROBUST), codes)
-    return torch.where(upper < 0.5, torch.full_like(codes, NOT_ROBUST), codes)
+    return codes
 
 
 def sequential_lower_bound(
