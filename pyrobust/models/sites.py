@@ -178,9 +178,12 @@ def eval_mode(
 
 
 def _check_module_inputs(module: nn.Module, args: tuple) -> None:
-    """Name a dtype/device mismatch between the inputs and a module's parameters."""
+    """Name a dtype/device mismatch between the inputs and a module's parameters (not under
+    autocast, where mixed dtypes are intended)."""
     param = next(module.parameters(recurse=False), None)
     if param is None or not param.dtype.is_floating_point:
+        return
+    if torch.is_autocast_enabled(param.device.type):
         return
     for a in args:
         if isinstance(a, torch.Tensor) and a.dtype.is_floating_point:

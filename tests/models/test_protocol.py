@@ -407,3 +407,11 @@ def _scale_guide_like(enc):
             pyro.sample("z", dist.Normal(enc(x), 0.1).to_event(1))
 
     return guide
+
+
+def test_autocast_mixed_dtypes_are_not_refused():
+    vae = _Tutorial()
+    x = torch.rand(3, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        tree = pr.r_robustness(vae.model, vae.guide, x, r=2.0, num_samples=20, seed=0)
+    assert np.isfinite(tree["robustness"]["probability"].values).all()
