@@ -188,13 +188,18 @@ def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape(v.shape + (1,) * (like.dim() - v.dim()))
 
 
-def _project(delta, x, eps, norm, box, iters: int = 40):
+def _project(delta, x, eps, norm, box):
     r"""Euclidean projection of ``delta`` onto :math:`\{\|d\| \le \epsilon\} \cap \{l \le x+d \le h\}`.
 
     For ``linf`` the set is a box and the projection a clamp. For ``l2`` the KKT conditions give
     :math:`d = \mathrm{clamp}(t\,\delta, l - x, h - x)` with the largest :math:`t \in [0, 1]`
-    whose norm is at most :math:`\epsilon` (the norm increases with :math:`t`), found by
-    bisection for every element at once. A final radial rescale guards against rounding.
+    whose norm is at most :math:`\epsilon`. Coordinate :math:`i` saturates at
+    :math:`t_i = c_i / \delta_i` (:math:`c_i` the bound it runs into), so with the :math:`t_i`
+    sorted, :math:`f(t) = \|\mathrm{clamp}(t\delta)\|^2 = t^2 S_j + C_j` on the segment
+    :math:`[t_{(j-1)}, t_{(j)})` (:math:`S_j` the squares of the free coordinates, :math:`C_j`
+    those of the saturated bounds): one sort and two cumulative sums give the segment where
+    :math:`f` crosses :math:`\epsilon^2` and :math:`t = \sqrt{(\epsilon^2 - C_j)/S_j}` exactly,
+    for every element at once. A final radial rescale guards against rounding.
     ``delta``/``x`` are (B, *event), ``eps`` is (B,).
     """
     e = _bcast(eps, delta)
@@ -204,24 +209,28 @@ def _project(delta, x, eps, norm, box, iters: int = 40):
             low = torch.maximum(low, box[0] - x)
             high = torch.minimum(high, box[1] - x)
         return torch.minimum(torch.maximum(delta, low), high)
-    if box is None:
-        n = _norm(delta, "l2")
-        return delta * _bcast(torch.clamp(eps / n.clamp_min(1e-30), max=1.0), delta)
-    low, high = box[0] - x, box[1] - x
-    clamped = torch.minimum(torch.maximum(delta, low), high)
-    inside = _norm(clamped, "l2") <= eps
-    t_lo = torch.zeros_like(eps)
-    t_hi = torch.ones_like(eps)
-    for _ in range(iters):
-        t = 0.5 * (t_lo + t_hi)
-        ok = _norm(torch.minimum(torch.maximum(_bcast(t, delta) * delta, low), high), "l2") <= eps
-        t_lo = torch.where(ok, t, t_lo)
-        t_hi = torch.where(ok, t_hi, t)
-    t = torch.where(inside, torch.ones_like(t_lo), t_lo)
-    out = torch.minimum(torch.maximum(_bcast(t, delta) * delta, low), high)
-    n = _norm(out, "l2")
+    if box is not None:
+        low, high = box[0] - x, box[1] - x
+        b = delta.shape[0]
+        d = delta.reshape(b, -1)
+        zero = torch.zeros_like(d)
+        cap = torch.where(d > 0, high.reshape(b, -1), torch.where(d < 0, low.reshape(b, -1), zero))
+        moving = d != 0
+        t_sat = torch.where(moving, cap / torch.where(moving, d, 1.0), math.inf).clamp_min(0.0)
+        t_sorted, order = t_sat.sort(dim=-1)
+        d2, c2 = d.gather(-1, order).square(), cap.gather(-1, order).square()
+        free = d2.flip(-1).cumsum(-1).flip(-1)  # S_j: coordinates j.. still free
+        held = c2.cumsum(-1) - c2  # C_j: coordinates ..j-1 saturated
+        over = t_sorted.square() * free + held > eps.square().unsqueeze(-1)
+        j = torch.where(over.any(-1), over.to(torch.int8).argmax(-1), d.shape[1]).unsqueeze(-1)
+        s_j = torch.cat([free, zero[:, :1]], -1).gather(-1, j).squeeze(-1)
+        c_j = torch.cat([held, held[:, -1:] + c2[:, -1:]], -1).gather(-1, j).squeeze(-1)
+        t = ((eps.square() - c_j).clamp_min(0.0) / s_j.clamp_min(torch.finfo(d.dtype).tiny)).sqrt()
+        t = torch.where(s_j > 0, t, 1.0).clamp(max=1.0)
+        delta = torch.minimum(torch.maximum(_bcast(t, delta) * delta, low), high)
+    n = _norm(delta, "l2")
     # Scaling towards 0 keeps x + d in the (convex) box, since x itself is in it.
-    return out * _bcast(torch.clamp(eps / n.clamp_min(1e-30), max=1.0), out)
+    return delta * _bcast(torch.clamp(eps / n.clamp_min(1e-30), max=1.0), delta)
 
 
 def _step(grad, norm):

@@ -342,3 +342,24 @@ def test_latent_attack_on_conv_vae_distance_falls_as_lam_falls():
     assert np.all(dist_t[:, 0] < 0.5 * dist_t[:, -1])
     assert np.all(np.diff(dist_t, axis=-1) >= -0.05 * dist_t[:, -1:])
     assert np.all(tree["robustness"]["distortion"].values[:, 0] > 0)
+
+
+def test_projection_variational_inequality_in_many_dimensions():
+    # P is the projection onto the convex set K iff <y - P(y), z - P(y)> <= 0 for every z in K.
+    # Random high-dimensional inputs, some on the box's faces, zero and tiny deltas, eps = 0.
+    g = torch.Generator().manual_seed(3)
+    b, d = 64, 50
+    x = torch.rand(b, d, generator=g, dtype=torch.float64)
+    x[:, :3], x[:, 3:5] = 0.0, 1.0
+    y = 3 * torch.randn(b, d, generator=g, dtype=torch.float64) * torch.rand(b, 1, generator=g)
+    y[0], y[1, 1:], y[2] = 0.0, 0.0, 1e-9
+    eps = 2 * torch.rand(b, generator=g, dtype=torch.float64)
+    eps[3] = 0.0
+    p = _project(y, x, eps, "l2", (0.0, 1.0))
+    assert bool((p.norm(dim=-1) <= eps * (1 + 1e-12) + 1e-15).all())
+    assert bool((x + p >= 0).all()) and bool((x + p <= 1).all())
+    # feasible points: random directions inside the box, scaled into the ball
+    z = torch.rand(b, 200, d, generator=g, dtype=torch.float64) - x.unsqueeze(1)
+    z = z * (eps.unsqueeze(-1) / z.norm(dim=-1).clamp_min(1e-30)).clamp(max=1.0).unsqueeze(-1)
+    inner = ((y - p).unsqueeze(1) * (z - p.unsqueeze(1))).sum(-1)
+    assert float(inner.max()) <= 1e-10
