@@ -310,8 +310,11 @@ def _mean_damage(pair: Pair, x, delta, n, gen, max_batch, ref=None):
     return d.mean(0)
 
 
-def _robust_counts(pair: Pair, x, delta, r, *, num_samples, reference, gen, max_batch):
-    """k of ``num_samples`` draws with ||Delta(x, delta)|| <= r, per row of (B, *event); (B,)."""
+def _robust_counts(pair: Pair, x, delta, r, *, num_samples, reference, gen, max_batch, ref=None):
+    """k of ``num_samples`` draws with ||Delta(x, delta)|| <= r, per row of (B, *event); (B,).
+
+    ``ref``: the reference g(mu(x)) when the caller has it (``reference="mean"``).
+    """
     with torch.no_grad():
         d = sample_distances(
             pair,
@@ -321,6 +324,7 @@ def _robust_counts(pair: Pair, x, delta, r, *, num_samples, reference, gen, max_
             reference=reference,
             generator=gen,
             max_batch=max_batch,
+            ref=ref if reference == "mean" else None,
         )
     return (d <= r).sum(0)
 
@@ -329,7 +333,18 @@ def _robust_counts(pair: Pair, x, delta, r, *, num_samples, reference, gen, max_
 # optimisers
 # --------------------------------------------------------------------------------------------
 def _projected_ascent(
-    objective, x, eps, *, norm, box, steps, step_size, restarts, gen, what="The objective"
+    objective,
+    x,
+    eps,
+    *,
+    norm,
+    box,
+    steps,
+    step_size,
+    restarts,
+    gen,
+    what="The objective",
+    stop=None,
 ):
     r"""Batched projected gradient ascent of ``objective`` over restarts and inputs at once.
 
@@ -338,7 +353,14 @@ def _projected_ascent(
     Step ``t`` moves by :math:`\alpha_t = \alpha_0 (1 + \cos(\pi t / T)) / 2` with
     :math:`\alpha_0` = ``step_size * eps`` along the normalised (l2) or signed (linf) gradient
     and projects back onto the ball intersected with the box; the cosine decay lets the
-    iterate settle on interior optima too (the path length stays :math:`\alpha_0 T / 2`). Returns the final
+    iterate settle on interior optima too (the path length stays :math:`\alpha_0 T / 2`).
+
+    ``stop`` (optional) ends the ascent early for some inputs: before each step ``t`` in
+    ``stop.at`` it is called as ``stop(t, cand, keep)`` with ``keep`` (M',) the inputs still
+    ascending and ``cand`` (M', *event) the iterate of each one's best restart (by the
+    objective's last values) and returns a boolean mask (M',) of the inputs finished; every
+    restart of a finished input is set to its ``cand``, and the objective is called as
+    ``objective(delta, keep)`` on the remaining rows from then on. Returns the final
     perturbations, shape (R, M, *event).
     """
     m = x.shape[0]
@@ -346,13 +368,36 @@ def _projected_ascent(
     eb = eps.repeat(restarts)
     delta = _project(_random_start(xb.shape, eb, norm, gen, x), xb, eb, norm, box)
     alpha = _bcast(step_size * eb, delta)
+    keep, out, values = None, None, None
     for t in range(steps):
+        if stop is not None and t in stop.at:
+            keep = torch.arange(m, device=x.device) if keep is None else keep
+            mk = keep.numel()
+            grid = delta.detach().reshape(restarts, mk, *x.shape[1:])
+            best = values.reshape(restarts, mk).argmax(0) if values is not None else 0
+            cand = grid[best, torch.arange(mk, device=x.device)]
+            done = stop(t, cand, keep)
+            if bool(done.any()):
+                out = grid.new_zeros((restarts, m, *x.shape[1:])) if out is None else out
+                out[:, keep[done]] = cand[done]
+                live = ~done
+                keep = keep[live]
+                sel = live.repeat(restarts)
+                delta, xb, eb, alpha = delta.detach()[sel], xb[sel], eb[sel], alpha[sel]
+                if not keep.numel():
+                    return out
         delta.requires_grad_(True)
-        grad = _input_grad(objective(delta).sum(), delta, what)
+        value = objective(delta) if keep is None else objective(delta, keep)
+        values = value.detach()
+        grad = _input_grad(value.sum(), delta, what)
         with torch.no_grad():
             decay = 0.5 * (1.0 + math.cos(math.pi * t / steps))
             delta = _project(delta + decay * alpha * _step(grad, norm), xb, eb, norm, box)
-    return delta.detach().reshape(restarts, m, *x.shape[1:])
+    delta = delta.detach()
+    if out is None:
+        return delta.reshape(restarts, m, *x.shape[1:])
+    out[:, keep] = delta.reshape(restarts, keep.numel(), *x.shape[1:])
+    return out
 
 
 def _lbfgs_one(objective, x, eps, norm, box, steps, gen, what="The objective"):
@@ -412,11 +457,14 @@ def _attack_core(
     box,
     gen,
     max_batch,
+    stop=None,
 ):
     """Max-damage attack on (M, *event) inputs with per-input budgets ``eps`` (M,).
 
     Returns the best perturbation over restarts (M, *event) and its damage (M,), estimated
-    with ``eval_samples`` fresh draws of the encoder noise.
+    with ``eval_samples`` fresh draws of the encoder noise. ``stop`` (PGD only) may end the
+    ascent early for some inputs (see :func:`_projected_ascent`); their perturbation is the
+    iterate ``stop`` accepted.
     """
     m, d_z = x.shape[0], pair.d_z
     logger.info(
@@ -435,12 +483,19 @@ def _attack_core(
         )
     with pair.session(), joint_rng(pair, gen, x.device):
         if method == "pgd":
-            x_r = _repeat_rows(x, restarts)
-            ref_r = _repeat_rows(ref, restarts)
+            live = {"keep": None, "pair": pair, "x": _repeat_rows(x, restarts)}
+            live["ref"] = _repeat_rows(ref, restarts)
 
-            def objective(delta):
+            def objective(delta, keep=None):
+                if keep is not live["keep"]:  # inputs finished early (stop): restrict once
+                    live.update(
+                        keep=keep,
+                        pair=pair.subset(keep),
+                        x=_repeat_rows(x[keep], restarts),
+                        ref=_repeat_rows(ref[keep], restarts),
+                    )
                 eta = _randn(eot_samples, delta.shape[0], d_z, gen, x)
-                return _distances(pair, x_r, delta, ref_r, eta).mean(0)
+                return _distances(live["pair"], live["x"], delta, live["ref"], eta).mean(0)
 
             cands = _projected_ascent(
                 objective,
@@ -453,6 +508,7 @@ def _attack_core(
                 restarts=restarts,
                 gen=gen,
                 what=what,
+                stop=stop,
             )
         else:
             # Common random numbers per input keep the objective deterministic for L-BFGS-B.

@@ -32,8 +32,8 @@ from pyrobust.robustness._sampling import (
     make_generator,
     resolve_seed,
 )
-from pyrobust.robustness._sequential import METHOD, check_auto, sequential_decide
-from pyrobust.robustness._stats import ROBUST, clopper_pearson, decide
+from pyrobust.robustness._sequential import ABOUT_HALF, METHOD, check_auto, sequential_decide
+from pyrobust.robustness._stats import NOT_ROBUST, ROBUST, clopper_pearson, decide
 from pyrobust.robustness._validation import (
     check_choice,
     check_confidence,
@@ -46,10 +46,12 @@ from pyrobust.robustness.attacks import (
     _METHODS,
     _NORMS,
     _attack_core,
+    _bcast,
     _check_box,
     _check_positive,
     _check_x,
     _log_density,
+    _mean_damage,
     _norm,
     _reference,
     _repeat_rows,
@@ -58,7 +60,26 @@ from pyrobust.robustness.attacks import (
 
 __all__ = ["empirical_margin", "likelihood_degradation"]
 
+#: Sequential design: early checks during the ascent, as fractions of its steps.
+_CHECKS_AT = (0.5,)
+#: Tests per attack: a check before the ascent, the checks during it, the final verdict.
+_TESTS_PER_ATTACK = 2 + len(_CHECKS_AT)
+#: Sequential design: the indifference half-width of ``tolerance="auto"``.
+_TOLERANCE = 0.05
+#: Draws at most in an early check (it only needs to catch clearly broken inputs).
+_CHECK_DRAWS = 256
+
 logger = logging.getLogger(__name__)
+
+
+class _Checks:
+    """Early checks of an ascent: ``test(t, cand, keep)`` before each step ``t`` in ``at``."""
+
+    def __init__(self, at, test):
+        self.at, self._test = frozenset(at), test
+
+    def __call__(self, t, cand, keep):
+        return self._test(t, cand, keep)
 
 
 def empirical_margin(
@@ -88,7 +109,7 @@ def empirical_margin(
     model_kwargs: dict | None = None,
     error: float | None = None,
     max_samples: int = 100_000,
-    tolerance: float | None = None,
+    tolerance: float | None | str = "auto",
 ):
     r"""The empirical r-robustness margin: the largest radius the strongest attack cannot break.
 
@@ -132,15 +153,25 @@ def empirical_margin(
     steps, step_size, restarts, eot_samples, eval_samples, method, box
         Settings of the attack, as in :func:`pyrobust.max_damage_attack`.
     num_samples : int or "auto", default 1000
-        Encoder draws for each probability :math:`\hat p_r`. ``"auto"``: every verdict (the
-        clean check, the bracket's ends, each bisection step) is a sequential decision
-        (docs/SEQUENTIAL.md) at error ``error / D``, with :math:`D` = 1 + the bracket's
-        attacks (1, or 31 without ``radius_max`` and ``box``) + ``bisection_steps``, so all of
-        an input's verdicts hold together with probability :math:`\ge 1 -` ``error`` (for the
-        attacks found). A step counts as robust only when decided robust; "not robust",
-        "undecided" and "about 1/2" count as broken, so ``margin`` is a radius the attack was
-        shown not to break. Near the crossing :math:`p \to 1/2` and a decision needs up to
-        ``max_samples`` draws; ``tolerance`` bounds that cost.
+        Encoder draws for each probability :math:`\hat p_r`. ``"auto"``: the sequential design
+        of docs/SEQUENTIAL.md (section "Empirical margin"). Every verdict is a sequential
+        decision, and each attack is cut short for the inputs an early check shows broken (a
+        check at the previous breaking perturbation scaled into the new ball, before any
+        ascent; one half-way through the ascent; each at most 256 draws, acting only on "not
+        robust"), so only the inputs still standing get the full attack and the final verdict.
+        Every test (the clean verdict; per attack the two checks and the verdict) runs at
+        error ``error / D``, :math:`D = 1 + 3A` with :math:`A` = the bracket's attacks (1, or
+        31 without ``radius_max`` and ``box``) + ``bisection_steps``, so all of an input's
+        verdicts hold together with probability :math:`\ge 1 -` ``error`` (for the attacks
+        found). A step counts as robust only when decided robust; "not robust" and "undecided"
+        (``max_samples`` spent) count as broken; "about 1/2" (``p`` shown inside
+        :math:`1/2 \pm \tau`) ends the input's bisection there: ``margin`` =
+        ``margin_upper`` = that radius, ``decision_at_margin`` = 2.
+    tolerance : float, None or "auto", default "auto"
+        The indifference half-width :math:`\tau` with ``num_samples="auto"``; ``"auto"`` is
+        0.05 (the bisection drives :math:`p` to 1/2, where without a zone a decision needs up
+        to ``max_samples`` draws: ``None`` asks for that, a margin shown robust at every
+        step). Ignored by a fixed design.
     confidence : float, default 0.95
         Level of the Clopper-Pearson intervals.
     reference : {"mean", "sample"}, default "mean"
@@ -149,7 +180,7 @@ def empirical_margin(
     latent_site, obs_site : str
     model_args, model_kwargs : tuple, dict, optional
         Extra arguments of ``model(x, *model_args, **model_kwargs)`` and of the guide.
-    error, max_samples, tolerance
+    error, max_samples
         The sequential settings with ``num_samples="auto"``, as in :func:`pyrobust.r_robustness`
         (``error`` for the whole margin of an input; default ``1 - confidence``).
 
@@ -159,14 +190,17 @@ def empirical_margin(
         ``robustness`` (dim ``obs_id``): ``margin`` (:math:`R_{lo}`), ``margin_upper``
         (:math:`R_{hi}`), ``broken``; ``probability_clean`` at :math:`\delta = 0`;
         ``probability_at_margin``, ``ci_at_margin`` (dim ``ci_bound``),
-        ``decision_at_margin`` (int8: 1 robust, 0 undecided, -1 not robust) for the attack at
+        ``decision_at_margin`` (int8: 1 robust, 0 undecided, -1 not robust, 2 about 1/2;
+        with ``num_samples="auto"`` the sequential verdicts themselves) for the attack at
         :math:`R_{lo}`; the same with suffix
         ``_above`` for the attack that broke the input at :math:`R_{hi}`, and its
         ``damage_above``. ``constant_data``: ``x``, ``r`` and ``delta_above`` (the breaking
         perturbation, dims ``obs_id, *pixel``). ``num_draws`` (``obs_id``): the encoder draws
-        all verdicts of an input used. With ``num_samples="auto"`` the probabilities are
-        :math:`k/n` with each verdict's own ``n``, the intervals are at level
-        :math:`1 - \text{error}/(D J)` and the attrs record the sequential settings.
+        verdicts and checks of an input used. With ``num_samples="auto"`` the probabilities
+        are :math:`k/n` with each verdict's own ``n``, the intervals are at level
+        :math:`1 - \text{error}/(D J)` (:math:`J` looks; conservative for an end decided by
+        a check, whose own schedule has fewer looks) and the attrs record the sequential
+        settings.
 
     Examples
     --------
@@ -204,6 +238,8 @@ def empirical_margin(
         num_samples = check_positive_int(num_samples, "num_samples")
     max_batch = check_positive_int(max_batch, "max_batch")
     confidence = check_confidence(confidence)
+    if isinstance(tolerance, str) and tolerance == "auto":
+        tolerance = _TOLERANCE if num_samples == "auto" else None
     auto = check_auto(
         num_samples,
         error=error,
@@ -223,25 +259,15 @@ def empirical_margin(
     with pair.session():
         ref = _reference(pair, x)
 
-    # Sequential verdicts: the error is split over an input's D verdicts (union bound).
-    num_verdicts = 1 + (1 if radius_max is not None or box is not None else 31) + bisection_steps
+    # Sequential design: an input's tests are its clean verdict and, for each attack, a check
+    # before the ascent, a check half-way and the final verdict; the error is split over these
+    # D tests (union bound).
+    num_attacks = (1 if radius_max is not None or box is not None else 31) + bisection_steps
+    num_verdicts = 1 + _TESTS_PER_ATTACK * num_attacks
     seq_runs: list = []
 
-    def counts(idx, delta):
-        """(k, draws, robust) per row of ``idx`` at perturbations ``delta``."""
-        if auto is None:
-            with pair.session():
-                k = _robust_counts(
-                    pair.subset(idx),
-                    x[idx],
-                    delta,
-                    r_val,
-                    num_samples=num_samples,
-                    reference=reference,
-                    gen=gen,
-                    max_batch=max_batch,
-                )
-            return k, torch.full_like(k, num_samples), 2 * k > num_samples
+    def sequential(idx, delta, max_draws, tolerance):
+        """Sequential verdicts (k, n, codes) for rows ``idx`` at perturbations ``delta``."""
 
         def draw(active, m):
             rows = idx[active]
@@ -254,6 +280,7 @@ def empirical_margin(
                 reference=reference,
                 gen=gen,
                 max_batch=max_batch,
+                ref=ref[rows],
             ).to(torch.int64)
 
         with pair.session():
@@ -261,22 +288,91 @@ def empirical_margin(
                 draw,
                 idx.numel(),
                 error=auto["error"] / num_verdicts,
-                max_samples=auto["max_samples"],
-                first_round=auto["first_round"],
+                max_samples=max_draws,
+                first_round=min(auto["first_round"], max_draws),
                 growth=auto["growth"],
-                tolerance=auto["tolerance"],
+                tolerance=tolerance,
                 device=x.device,
             )
         seq_runs.append(res)
-        return res.k, res.n, res.decision_codes == ROBUST
+        return res.k, res.n, res.decision_codes
 
-    def attack(idx, radius):
-        """Strongest attack of budget ``radius`` (per input) and the robust counts after it."""
-        delta, damage = _attack_core(
-            pair.subset(idx),
-            x[idx],
-            ref[idx],
-            radius,
+    def verdict(idx, delta):
+        """(k, draws, code) per row of ``idx`` at perturbations ``delta``: the step's verdict."""
+        if auto is not None:
+            return sequential(idx, delta, auto["max_samples"], auto["tolerance"])
+        with pair.session():
+            k = _robust_counts(
+                pair.subset(idx),
+                x[idx],
+                delta,
+                r_val,
+                num_samples=num_samples,
+                reference=reference,
+                gen=gen,
+                max_batch=max_batch,
+                ref=ref[idx],
+            )
+        code = torch.where(2 * k > num_samples, ROBUST, NOT_ROBUST).to(torch.int8)
+        return k, torch.full_like(k, num_samples), code
+
+    def check(idx, delta):
+        """Rows of ``idx`` shown broken at ``delta`` by a short sequential test, and its counts."""
+        k, n_d, code = sequential(idx, delta, min(_CHECK_DRAWS, auto["max_samples"]), None)
+        return code == NOT_ROBUST, k, n_d
+
+    def attack(idx, radius, warm=None):
+        """The attack of budget ``radius`` (per input) and the step's verdict after it.
+
+        Returns ``(delta, damage, k, draws, code)`` per row of ``idx``. Sequential design: an
+        input is shown broken as soon as a check decides "not robust" (at ``warm``, the
+        previous breaking perturbation scaled into the ball, before any ascent; half-way
+        through the ascent), and only the others get the full attack and the final verdict.
+        """
+        m = idx.numel()
+        delta = x.new_zeros((m, *event))
+        damage = x.new_zeros(m)
+        k = torch.zeros(m, dtype=torch.int64, device=x.device)
+        n_d = torch.zeros_like(k)
+        code = torch.full((m,), NOT_ROBUST, dtype=torch.int8, device=x.device)
+        done = torch.zeros(m, dtype=torch.bool, device=x.device)
+        if auto is not None and warm is not None:
+            hit, k_w, n_w = check(idx, warm)
+            draws_used[idx] += n_w
+            done |= hit
+            delta[hit], k[hit], n_d[hit] = warm[hit], k_w[hit], n_w[hit]
+            if bool(hit.any()):
+                with pair.session(), joint_rng(pair, gen, x.device):
+                    damage[hit] = _mean_damage(
+                        pair.subset(idx[hit]),
+                        x[idx[hit]],
+                        warm[hit],
+                        eval_samples,
+                        gen,
+                        max_batch,
+                        ref=ref[idx[hit]],
+                    )
+        rest = (~done).nonzero().squeeze(-1)
+        if not rest.numel():
+            return delta, damage, k, n_d, code
+        stop = None
+        if auto is not None and method == "pgd":
+
+            def test(t, cand, keep):
+                rows = rest[keep]
+                hit, k_c, n_c = check(idx[rows], cand)
+                draws_used[idx[rows]] += n_c
+                done[rows[hit]] = True
+                k[rows[hit]], n_d[rows[hit]] = k_c[hit], n_c[hit]
+                return hit
+
+            at = {int(f * steps) for f in _CHECKS_AT} | ({0} if warm is None else set())
+            stop = _Checks(at=at, test=test)
+        d_rest, dmg_rest = _attack_core(
+            pair.subset(idx[rest]),
+            x[idx[rest]],
+            ref[idx[rest]],
+            radius[rest],
             norm=norm,
             method=method,
             steps=steps,
@@ -287,28 +383,47 @@ def empirical_margin(
             box=box,
             gen=gen,
             max_batch=max_batch,
+            stop=stop,
         )
-        return delta, damage, counts(idx, delta)
+        delta[rest], damage[rest] = d_rest, dmg_rest
+        final = (~done).nonzero().squeeze(-1)
+        logger.info(
+            "empirical_margin: %d of %d inputs shown broken by an early check",
+            m - final.numel(),
+            m,
+        )
+        if final.numel():
+            k_f, n_f, c_f = verdict(idx[final], delta[final])
+            draws_used[idx[final]] += n_f
+            k[final], n_d[final], code[final] = k_f.to(k.dtype), n_f.to(n_d.dtype), c_f
+        return delta, damage, k, n_d, code
 
     zeros = torch.zeros_like(x)
-    k0, n0, robust0 = counts(torch.arange(n, device=x.device), zeros)
+    everyone = torch.arange(n, device=x.device)
+    k0, n0, code0 = verdict(everyone, zeros)
+    draws_used = n0.clone().to(torch.int64)
     lo = torch.zeros(n, dtype=x.dtype, device=x.device)
     hi = torch.zeros(n, dtype=x.dtype, device=x.device)
     k_lo, k_hi = k0.clone(), k0.clone()
     n_lo, n_hi = n0.clone(), n0.clone()
-    draws_used = n0.clone()
+    code_lo, code_hi = code0.clone(), code0.clone()
     delta_hi = zeros.clone()
     damage_hi = torch.zeros(n, dtype=x.dtype, device=x.device)
-    broken = ~robust0  # not r-robust unperturbed: margin 0, bracket [0, 0]
+    broken = code0 != ROBUST  # not r-robust unperturbed: margin 0, bracket [0, 0]
+    settled = torch.zeros(n, dtype=torch.bool, device=x.device)  # crossing found (about 1/2)
     todo = ~broken
 
-    def record(idx, radius, delta, damage, counted):
-        k, n_d, robust = counted
-        draws_used[idx] += n_d
-        up, down = idx[robust], idx[~robust]
-        lo[up], k_lo[up], n_lo[up] = radius[robust], k[robust], n_d[robust]
-        hi[down], k_hi[down], n_hi[down] = radius[~robust], k[~robust], n_d[~robust]
+    def record(idx, radius, delta, damage, k, n_d, code):
+        robust, about = code == ROBUST, code == ABOUT_HALF
+        up, down = idx[robust | about], idx[~robust]
+        lo[up], k_lo[up], n_lo[up], code_lo[up] = (
+            v[robust | about] for v in (radius, k, n_d, code)
+        )
+        hi[down], k_hi[down], n_hi[down], code_hi[down] = (
+            v[~robust] for v in (radius, k, n_d, code)
+        )
         delta_hi[down], damage_hi[down] = delta[~robust], damage[~robust]
+        settled[idx[about]] = True
         return robust
 
     # Upper end of the bracket.
@@ -335,7 +450,7 @@ def empirical_margin(
     unbroken = todo & ~broken
     hi[unbroken] = lo[unbroken]
     # Bisection, every bracketed input at its own midpoint, in one batch per step.
-    idx = (todo & broken).nonzero().squeeze(-1)
+    idx = (todo & broken & ~settled).nonzero().squeeze(-1)
     logger.info(
         "empirical_margin: %d of %d inputs bracketed, %d never broken, %d not robust at 0",
         idx.numel(),
@@ -345,8 +460,12 @@ def empirical_margin(
     )
     steps_run = bisection_steps if idx.numel() else 0
     for step in range(steps_run):
+        idx = idx[~settled[idx]]
+        if not idx.numel():
+            break
         mid = 0.5 * (lo[idx] + hi[idx])
-        record(idx, mid, *attack(idx, mid))
+        warm = delta_hi[idx] * _bcast(mid / hi[idx], delta_hi[idx]) if auto is not None else None
+        record(idx, mid, *attack(idx, mid, warm))
         logger.info("empirical_margin: bisection step %d/%d", step + 1, steps_run)
 
     # sequential: the intervals at each verdict's own level, 1 - error / (D J)
@@ -367,10 +486,10 @@ def empirical_margin(
         "ci_clean": ((*obs, "ci_bound"), ci_bound(lower_0, upper_0)),
         "probability_at_margin": (obs, prob(k_lo, n_lo)),
         "ci_at_margin": ((*obs, "ci_bound"), ci_bound(lower_lo, upper_lo)),
-        "decision_at_margin": (obs, decide(lower_lo, upper_lo)),
+        "decision_at_margin": (obs, code_lo if auto is not None else decide(lower_lo, upper_lo)),
         "probability_above": (obs, prob(k_hi, n_hi)),
         "ci_above": ((*obs, "ci_bound"), ci_bound(lower_hi, upper_hi)),
-        "decision_above": (obs, decide(lower_hi, upper_hi)),
+        "decision_above": (obs, code_hi if auto is not None else decide(lower_hi, upper_hi)),
         "damage_above": (obs, damage_hi),
         "num_draws": (obs, draws_used),
     }
@@ -387,7 +506,11 @@ def empirical_margin(
             "looks": list(seq_runs[0].looks),
             "total_draws": int(draws_used.sum()),
             "decision_rule": "robust at a radius if the sequential verdict (error / D) is "
-            "'robust'; otherwise broken",
+            "'robust'; 'about 1/2' ends the bisection there (margin = margin_upper); "
+            "otherwise broken (shown by an early check or the verdict)",
+            "early_checks": "before the ascent (previous breaking perturbation, scaled) and "
+            f"at {', '.join(f'{f:g}' for f in _CHECKS_AT)} of its steps; at most "
+            f"{_CHECK_DRAWS} draws each",
         }
     pix = list(event_dims(len(event)))
     observed, obs_dims = pair.observed(x)

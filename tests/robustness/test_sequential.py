@@ -486,30 +486,109 @@ def _scalar_pair():
     return model, guide
 
 
+def _scalar_p(radius, r=0.6):
+    """p = P(|2R + 0.3 eta| <= r): the scalar pair's r-robustness under its worst delta."""
+    return stats.norm.cdf((r - 2 * radius) / 0.3) - stats.norm.cdf((-r - 2 * radius) / 0.3)
+
+
+def _scalar_crossing(r=0.6):
+    from scipy import optimize
+
+    return optimize.brentq(lambda t: _scalar_p(t, r) - 0.5, 0.0, 0.3)
+
+
 def test_empirical_margin_auto_splits_the_error_over_the_verdicts():
     # ||Delta|| = |2 delta + 0.3 eta|: the worst delta of size R gives p = P(|2R + 0.3 eta| <= r),
     # which crosses 1/2 at R* solving that equation (r = 0.6).
     model, guide = _scalar_pair()
     x = torch.zeros(3, 1)
     kw = {"r": 0.6, "box": None, "bisection_steps": 8, "steps": 10, "restarts": 1, "seed": 0}
-    tree = empirical_margin(model, guide, x, num_samples="auto", tolerance=0.05, **kw)
+    tree = empirical_margin(model, guide, x, num_samples="auto", tolerance=None, **kw)
     rob = tree["robustness"]
     attrs = decode_attrs(dict(tree.attrs))
-    assert attrs["verdicts_per_input"] == 1 + 31 + 8
-    assert attrs["error_per_verdict"] == pytest.approx(0.05 / 40)
-    from scipy import optimize
-
-    def p(radius):
-        return stats.norm.cdf((0.6 - 2 * radius) / 0.3) - stats.norm.cdf((-0.6 - 2 * radius) / 0.3)
-
-    r_star = optimize.brentq(lambda t: p(t) - 0.5, 0.0, 0.3)
-    # the margin is a radius shown robust (p > 1/2): at most the crossing, and close to it
+    # the clean verdict; per attack (31 doublings + 8 steps) two checks and the verdict
+    assert attrs["verdicts_per_input"] == 1 + 3 * (31 + 8)
+    assert attrs["error_per_verdict"] == pytest.approx(0.05 / (1 + 3 * 39))
+    assert attrs["tolerance"] is None
+    r_star = _scalar_crossing()
+    # without a zone the margin is a radius shown robust (p > 1/2): at most the crossing
     assert np.all(rob["margin"].values <= r_star + 1e-6)
     assert np.all(rob["margin"].values > r_star - 0.03)
     assert np.all(rob["decision_at_margin"].values == ROBUST)
     assert np.all(rob["num_draws"].values > 0) and attrs["total_draws"] == rob["num_draws"].sum()
     fixed = empirical_margin(model, guide, x, num_samples=200, **kw)["robustness"]
     assert np.all(fixed["num_draws"].values == 200 * (1 + 1 + 8))  # clean, R = 1, steps
+
+
+def test_empirical_margin_auto_with_a_zone_ends_at_about_one_half():
+    # The default zone (0.05): each input ends robust at a radius below the crossing, or
+    # settles at a radius whose true p lies inside 1/2 +- 0.05 (margin = margin_upper there).
+    model, guide = _scalar_pair()
+    x = torch.zeros(4, 1)
+    kw = {"r": 0.6, "box": None, "bisection_steps": 10, "steps": 10, "restarts": 1}
+    r_star = _scalar_crossing()
+    codes = []
+    for seed in range(3):
+        tree = empirical_margin(model, guide, x, num_samples="auto", seed=seed, **kw)
+        rob = tree["robustness"]
+        assert decode_attrs(dict(tree.attrs))["tolerance"] == 0.05
+        lo, hi = rob["margin"].values, rob["margin_upper"].values
+        code = rob["decision_at_margin"].values
+        about = code == ABOUT_HALF
+        assert np.all(lo[~about] <= r_star + 1e-6) and np.all(code[~about] == ROBUST)
+        assert np.all(np.abs(_scalar_p(lo[about]) - 0.5) < 0.05)
+        assert np.all(hi[about] == lo[about])
+        assert np.all(rob["decision_above"].values[about] == ABOUT_HALF)
+        assert np.all(_scalar_p(hi[~about]) < 0.5 + 1e-9)  # shown broken above the crossing
+        codes.append(code)
+    assert ABOUT_HALF in np.concatenate(codes)  # the zone is reached (the bisection aims at it)
+
+
+def test_empirical_margin_auto_checks_end_attacks_early():
+    # Far above the crossing the previous breaking perturbation, scaled into the ball, is
+    # decided broken at once: no ascent runs and a handful of draws decide each step. Ascent
+    # steps are counted as the guide's calls on inputs that carry a gradient.
+    model, guide = _scalar_pair()
+    x = torch.zeros(2, 1)
+    calls = []
+
+    def counting_guide(x):
+        if x.requires_grad:
+            calls.append(x.shape[0])
+        return guide(x)
+
+    kw = {"r": 0.6, "radius_max": 64.0, "bisection_steps": 5, "steps": 20, "restarts": 2}
+    tree = empirical_margin(model, counting_guide, x, num_samples="auto", box=None, seed=0, **kw)
+    rob = tree["robustness"]
+    # radii 64, 32, 16, 8, 4, 2 are all far above R* ~ 0.2: every one shown broken early
+    assert np.all(rob["margin"].values == 0.0) and np.all(rob["margin_upper"].values == 2.0)
+    assert np.all(rob["decision_above"].values == NOT_ROBUST)
+    n_auto = len(calls)
+    calls.clear()
+    empirical_margin(model, counting_guide, x, num_samples=1000, box=None, seed=0, **kw)
+    n_fixed = len(calls)
+    assert n_fixed == 6 * 20  # six full ascents of 20 steps
+    # the first attack (no warm start) is cut at its half-way check at the latest; the five
+    # bisection steps never start an ascent
+    assert n_auto <= 10
+    assert np.all(rob["num_draws"].values <= 64 + 6 * 64)  # clean + six early checks
+
+
+def test_empirical_margin_auto_verdicts_are_rarely_wrong():
+    # Over seeds and inputs, a wrong statement (robust below margin but p(margin) <= 1/2, or
+    # broken at margin_upper with p >= 1/2 + tol) happens with probability <= error.
+    model, guide = _scalar_pair()
+    x = torch.zeros(8, 1)
+    kw = {"r": 0.6, "box": None, "bisection_steps": 6, "steps": 8, "restarts": 1}
+    wrong = total = 0
+    for seed in range(6):
+        rob = empirical_margin(model, guide, x, num_samples="auto", seed=seed, **kw)["robustness"]
+        lo, hi = rob["margin"].values, rob["margin_upper"].values
+        code = rob["decision_at_margin"].values
+        bad = ((code == ROBUST) & (_scalar_p(lo) <= 0.5)) | (_scalar_p(hi) >= 0.55)
+        bad |= (code == ABOUT_HALF) & (np.abs(_scalar_p(lo) - 0.5) >= 0.05)
+        wrong, total = wrong + int(bad.sum()), total + bad.size
+    assert total == 48 and wrong <= 2  # P(Bin(48, 0.05) > 2) is 0.43 at the bound; true ~0
 
 
 def test_auto_over_a_random_perturbation_curve():
