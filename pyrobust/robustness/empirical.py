@@ -238,7 +238,12 @@ def empirical_margin(
         num_samples = check_positive_int(num_samples, "num_samples")
     max_batch = check_positive_int(max_batch, "max_batch")
     confidence = check_confidence(confidence)
-    if isinstance(tolerance, str) and tolerance == "auto":
+    if isinstance(tolerance, str):
+        if tolerance != "auto":
+            raise TypeError(
+                f"`tolerance` must be 'auto' (0.05 with num_samples='auto'), None or a number "
+                f"in (0, 1/2); got {tolerance!r}."
+            )
         tolerance = _TOLERANCE if num_samples == "auto" else None
     auto = check_auto(
         num_samples,

@@ -256,6 +256,9 @@ def _query_cases() -> list[Case]:
         _q("empirical_margin", "radius_max negative", "radius_max", radius_max=-1.0),
         _q("empirical_margin", "bisection_steps 0", "bisection_steps", bisection_steps=0),
         _q("empirical_margin", "norm unknown", "norm", norm="l0"),
+        _q("empirical_margin", "tolerance an unknown word", "tolerance", tolerance="fast"),
+        _q("empirical_margin", "tolerance with a fixed design", "tolerance", tolerance=0.05),
+        _q("empirical_margin", "tolerance 0.7", "tolerance", tolerance=0.7, num_samples="auto"),
         _q(
             "likelihood_degradation",
             "delta with NaN",
