@@ -363,3 +363,40 @@ def test_projection_variational_inequality_in_many_dimensions():
     z = z * (eps.unsqueeze(-1) / z.norm(dim=-1).clamp_min(1e-30)).clamp(max=1.0).unsqueeze(-1)
     inner = ((y - p).unsqueeze(1) * (z - p.unsqueeze(1))).sum(-1)
     assert float(inner.max()) <= 1e-10
+
+
+def test_projected_ascent_stop_ends_inputs_early():
+    # A stop that finishes input 1 before step 2: from then on the objective sees only the
+    # other inputs' rows (keep), and input 1's restarts all hold the candidate it accepted.
+    from pyrobust.robustness.attacks import _projected_ascent
+
+    x = torch.full((3, 2), 0.5, dtype=torch.float64)
+    target = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    seen, accepted = [], {}
+
+    def objective(delta, keep=None):
+        rows = target.repeat(2, 1) if keep is None else target[keep].repeat(2, 1)
+        seen.append(delta.shape[0])
+        return -((0.5 + delta - rows) ** 2).sum(-1)
+
+    class Stop:
+        at = frozenset({2})
+
+        def __call__(self, t, cand, keep):
+            accepted["cand"], accepted["keep"] = cand.clone(), keep.clone()
+            return keep == 1
+
+    kw = {"norm": "l2", "box": (0.0, 1.0), "steps": 6, "step_size": 0.3, "restarts": 2}
+    eps = torch.full((3,), 0.4).double()
+    gen = torch.Generator().manual_seed(0)
+    out = _projected_ascent(objective, x, eps, stop=Stop(), gen=gen, **kw)
+    assert seen == [6, 6, 4, 4, 4, 4]
+    assert accepted["keep"].tolist() == [0, 1, 2]
+    torch.testing.assert_close(out[0, 1], accepted["cand"][1])
+    torch.testing.assert_close(out[1, 1], accepted["cand"][1])
+    # the others went on exactly as in the plain ascent (same starts, six full steps)
+    seen.clear()
+    plain = _projected_ascent(objective, x, eps, gen=torch.Generator().manual_seed(0), **kw)
+    assert seen == [6] * 6
+    torch.testing.assert_close(out[:, [0, 2]], plain[:, [0, 2]], rtol=0, atol=1e-15)
+    assert not torch.equal(out[:, 1], plain[:, 1])
