@@ -62,12 +62,14 @@ __all__ = ["empirical_margin", "likelihood_degradation"]
 
 #: Sequential design: early checks during the ascent, as fractions of its steps.
 _CHECKS_AT = (0.5,)
-#: Tests per attack: a check before the ascent, the checks during it, the final verdict.
-_TESTS_PER_ATTACK = 2 + len(_CHECKS_AT)
+#: Checks per attack: one before the ascent and those during it.
+_CHECKS_PER_ATTACK = 1 + len(_CHECKS_AT)
 #: Sequential design: the indifference half-width of ``tolerance="auto"``.
 _TOLERANCE = 0.05
 #: Draws at most in an early check (it only needs to catch clearly broken inputs).
-_CHECK_DRAWS = 256
+_CHECK_DRAWS = 64
+#: The share of the error spent on the early checks (the verdicts get the rest).
+_CHECK_SHARE = 0.1
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +111,7 @@ def empirical_margin(
     model_kwargs: dict | None = None,
     error: float | None = None,
     max_samples: int = 100_000,
-    tolerance: float | None | str = "auto",
+    tolerance: float | str | None = "auto",
 ):
     r"""The empirical r-robustness margin: the largest radius the strongest attack cannot break.
 
@@ -157,13 +159,13 @@ def empirical_margin(
         of docs/SEQUENTIAL.md (section "Empirical margin"). Every verdict is a sequential
         decision, and each attack is cut short for the inputs an early check shows broken (a
         check at the previous breaking perturbation scaled into the new ball, before any
-        ascent; one half-way through the ascent; each at most 256 draws, acting only on "not
+        ascent; one half-way through the ascent; each at most 64 draws, acting only on "not
         robust"), so only the inputs still standing get the full attack and the final verdict.
-        Every test (the clean verdict; per attack the two checks and the verdict) runs at
-        error ``error / D``, :math:`D = 1 + 3A` with :math:`A` = the bracket's attacks (1, or
-        31 without ``radius_max`` and ``box``) + ``bisection_steps``, so all of an input's
-        verdicts hold together with probability :math:`\ge 1 -` ``error`` (for the attacks
-        found). A step counts as robust only when decided robust; "not robust" and "undecided"
+        With :math:`A` = the bracket's attacks (1, or 31 without ``radius_max`` and ``box``) +
+        ``bisection_steps``, each of an input's :math:`V = 1 + A` verdicts runs at error
+        :math:`0.9\,` ``error`` :math:`/ V` and each of its :math:`C = 2A` checks at
+        :math:`0.1\,` ``error`` :math:`/ C`, so all of its statements hold together with
+        probability :math:`\ge 1 -` ``error`` (for the attacks found). A step counts as robust only when decided robust; "not robust" and "undecided"
         (``max_samples`` spent) count as broken; "about 1/2" (``p`` shown inside
         :math:`1/2 \pm \tau`) ends the input's bisection there: ``margin`` =
         ``margin_upper`` = that radius, ``decision_at_margin`` = 2.
@@ -198,8 +200,8 @@ def empirical_margin(
         perturbation, dims ``obs_id, *pixel``). ``num_draws`` (``obs_id``): the encoder draws
         verdicts and checks of an input used. With ``num_samples="auto"`` the probabilities
         are :math:`k/n` with each verdict's own ``n``, the intervals are at level
-        :math:`1 - \text{error}/(D J)` (:math:`J` looks; conservative for an end decided by
-        a check, whose own schedule has fewer looks) and the attrs record the sequential
+        :math:`1 - 0.9\,\text{error}/(V J)` (:math:`J` looks; conservative for an end decided
+        by a check, which is reported at this level too) and the attrs record the sequential
         settings.
 
     Examples
@@ -264,14 +266,17 @@ def empirical_margin(
     with pair.session():
         ref = _reference(pair, x)
 
-    # Sequential design: an input's tests are its clean verdict and, for each attack, a check
-    # before the ascent, a check half-way and the final verdict; the error is split over these
-    # D tests (union bound).
+    # Sequential design: an input's tests are its V = 1 + A verdicts (the clean one, one per
+    # attack) and its C = 2A early checks; the verdicts share (1 - s) error, the checks s error
+    # (union bound over all of them).
     num_attacks = (1 if radius_max is not None or box is not None else 31) + bisection_steps
-    num_verdicts = 1 + _TESTS_PER_ATTACK * num_attacks
+    num_verdicts, num_checks = 1 + num_attacks, _CHECKS_PER_ATTACK * num_attacks
+    if auto is not None:
+        error_verdict = auto["error"] * (1.0 - _CHECK_SHARE) / num_verdicts
+        error_check = auto["error"] * _CHECK_SHARE / num_checks
     seq_runs: list = []
 
-    def sequential(idx, delta, max_draws, tolerance):
+    def sequential(idx, delta, max_draws, tolerance, error):
         """Sequential verdicts (k, n, codes) for rows ``idx`` at perturbations ``delta``."""
 
         def draw(active, m):
@@ -292,7 +297,7 @@ def empirical_margin(
             res = sequential_decide(
                 draw,
                 idx.numel(),
-                error=auto["error"] / num_verdicts,
+                error=error,
                 max_samples=max_draws,
                 first_round=min(auto["first_round"], max_draws),
                 growth=auto["growth"],
@@ -305,7 +310,7 @@ def empirical_margin(
     def verdict(idx, delta):
         """(k, draws, code) per row of ``idx`` at perturbations ``delta``: the step's verdict."""
         if auto is not None:
-            return sequential(idx, delta, auto["max_samples"], auto["tolerance"])
+            return sequential(idx, delta, auto["max_samples"], auto["tolerance"], error_verdict)
         with pair.session():
             k = _robust_counts(
                 pair.subset(idx),
@@ -323,7 +328,8 @@ def empirical_margin(
 
     def check(idx, delta):
         """Rows of ``idx`` shown broken at ``delta`` by a short sequential test, and its counts."""
-        k, n_d, code = sequential(idx, delta, min(_CHECK_DRAWS, auto["max_samples"]), None)
+        max_draws = min(_CHECK_DRAWS, auto["max_samples"])
+        k, n_d, code = sequential(idx, delta, max_draws, None, error_check)
         return code == NOT_ROBUST, k, n_d
 
     def attack(idx, radius, warm=None):
@@ -473,7 +479,7 @@ def empirical_margin(
         record(idx, mid, *attack(idx, mid, warm))
         logger.info("empirical_margin: bisection step %d/%d", step + 1, steps_run)
 
-    # sequential: the intervals at each verdict's own level, 1 - error / (D J)
+    # sequential: the intervals at the verdicts' level per look, 1 - 0.9 error / (V J)
     level = confidence if auto is None else 1.0 - seq_runs[0].alpha_per_look
     lower_lo, upper_lo = clopper_pearson(k_lo, n_lo, level)
     lower_hi, upper_hi = clopper_pearson(k_hi, n_hi, level)
@@ -504,13 +510,15 @@ def empirical_margin(
             "num_samples": "auto",
             "sequential_method": METHOD,
             "error": auto["error"],
-            "error_per_verdict": auto["error"] / num_verdicts,
+            "error_per_verdict": error_verdict,
             "verdicts_per_input": num_verdicts,
+            "error_per_check": error_check,
+            "checks_per_input": num_checks,
             "max_samples": auto["max_samples"],
             "tolerance": auto["tolerance"],
             "looks": list(seq_runs[0].looks),
             "total_draws": int(draws_used.sum()),
-            "decision_rule": "robust at a radius if the sequential verdict (error / D) is "
+            "decision_rule": "robust at a radius if the sequential verdict (error_per_verdict) is "
             "'robust'; 'about 1/2' ends the bisection there (margin = margin_upper); "
             "otherwise broken (shown by an early check or the verdict)",
             "early_checks": "before the ascent (previous breaking perturbation, scaled) and "

@@ -506,9 +506,10 @@ def test_empirical_margin_auto_splits_the_error_over_the_verdicts():
     tree = empirical_margin(model, guide, x, num_samples="auto", tolerance=None, **kw)
     rob = tree["robustness"]
     attrs = decode_attrs(dict(tree.attrs))
-    # the clean verdict; per attack (31 doublings + 8 steps) two checks and the verdict
-    assert attrs["verdicts_per_input"] == 1 + 3 * (31 + 8)
-    assert attrs["error_per_verdict"] == pytest.approx(0.05 / (1 + 3 * 39))
+    # the clean verdict and one per attack (31 doublings + 8 steps); two checks per attack
+    assert attrs["verdicts_per_input"] == 1 + 39 and attrs["checks_per_input"] == 2 * 39
+    assert attrs["error_per_verdict"] == pytest.approx(0.9 * 0.05 / 40)
+    assert attrs["error_per_check"] == pytest.approx(0.1 * 0.05 / 78)
     assert attrs["tolerance"] is None
     r_star = _scalar_crossing()
     # without a zone the margin is a radius shown robust (p > 1/2): at most the crossing
@@ -571,7 +572,7 @@ def test_empirical_margin_auto_checks_end_attacks_early():
     # the first attack (no warm start) is cut at its half-way check at the latest; the five
     # bisection steps never start an ascent
     assert n_auto <= 10
-    assert np.all(rob["num_draws"].values <= 64 + 6 * 64)  # clean + six early checks
+    assert np.all(rob["num_draws"].values <= 64 + 6 * 64)  # clean + six early checks (<= 64)
 
 
 def test_empirical_margin_auto_verdicts_are_rarely_wrong():
