@@ -70,8 +70,33 @@ _TOLERANCE = 0.05
 _CHECK_DRAWS = 64
 #: The share of the error spent on the early checks (the verdicts get the rest).
 _CHECK_SHARE = 0.1
+#: Sequential design: steps it may take beyond ``bisection_steps`` to aim at the crossing.
+_EXTRA_STEPS = 3
+#: Aimed steps stay inside this part of the bracket (each shrinks it by >= 1/10).
+_AIM_RANGE = (0.1, 0.9)
 
 logger = logging.getLogger(__name__)
+
+
+def _aim(k_lo, n_lo, k_hi, n_hi, default):
+    r"""Where in the bracket :math:`p = 1/2` is expected, as a fraction :math:`\theta`.
+
+    If the distance under the encoder noise is roughly normal with a mean growing linearly in
+    the radius, :math:`\Phi^{-1}(p)` is linear in it; interpolating
+    :math:`z = \Phi^{-1}(\hat p)` (``k/n`` kept within half a draw of 0 and 1) between the
+    ends gives :math:`\theta = z_{lo} / (z_{lo} - z_{hi})`, clipped to :data:`_AIM_RANGE`;
+    ``default`` where the ends do not straddle 1/2.
+    """
+    normal = torch.distributions.Normal(0.0, 1.0)
+
+    def z(k, n_d):
+        n_d = n_d.to(torch.float64)
+        return normal.icdf(((k.to(torch.float64) + 0.5) / (n_d + 1.0)).clamp(1e-12, 1 - 1e-12))
+
+    z_lo, z_hi = z(k_lo, n_lo), z(k_hi, n_hi)
+    ok = (z_lo > 0) & (z_hi < 0)
+    theta = (z_lo / (z_lo - z_hi).where(ok, 1.0)).clamp(*_AIM_RANGE).to(default.dtype)
+    return torch.where(ok, theta, default)
 
 
 class _Checks:
@@ -273,6 +298,7 @@ def empirical_margin(
     # attack) and its C = 2A early checks; the verdicts share (1 - s) error, the checks s error
     # (union bound over all of them).
     num_attacks = (1 if radius_max is not None or box is not None else 31) + bisection_steps
+    num_attacks += _EXTRA_STEPS if auto is not None else 0
     num_verdicts, num_checks = 1 + num_attacks, _CHECKS_PER_ATTACK * num_attacks
     if auto is not None:
         error_verdict = auto["error"] * (1.0 - _CHECK_SHARE) / num_verdicts
@@ -472,14 +498,29 @@ def empirical_margin(
         int(unbroken.sum()),
         int((~todo).sum()),
     )
-    steps_run = bisection_steps if idx.numel() else 0
+    # The fixed design bisects ``bisection_steps`` times. The sequential one aims each step at
+    # the crossing (probit interpolation of the ends' p-hat, kept inside the bracket's middle
+    # half) while its step budget, ``_EXTRA_STEPS`` more, still allows halving down to the same
+    # final width; an input stops once its bracket is that narrow or it settles at 1/2.
+    width = (hi - lo) / 2.0**bisection_steps
+    budget = bisection_steps + (_EXTRA_STEPS if auto is not None else 0)
+    steps_run = budget if idx.numel() else 0
     for step in range(steps_run):
         idx = idx[~settled[idx]]
+        if auto is not None:
+            idx = idx[hi[idx] - lo[idx] > width[idx] * (1 + 1e-9)]
         if not idx.numel():
             break
-        mid = 0.5 * (lo[idx] + hi[idx])
-        warm = delta_hi[idx] * _bcast(mid / hi[idx], delta_hi[idx]) if auto is not None else None
-        record(idx, mid, *attack(idx, mid, warm))
+        theta = torch.full_like(lo[idx], 0.5)
+        if auto is not None:
+            theta = _aim(k_lo[idx], n_lo[idx], k_hi[idx], n_hi[idx], theta)
+            halvings = torch.log2((hi[idx] - lo[idx]) / width[idx]).ceil()
+            theta = torch.where(halvings >= budget - step, 0.5, theta)
+        radius = lo[idx] + theta * (hi[idx] - lo[idx])
+        warm = None
+        if auto is not None:
+            warm = delta_hi[idx] * _bcast(radius / hi[idx], delta_hi[idx])
+        record(idx, radius, *attack(idx, radius, warm))
         logger.info("empirical_margin: bisection step %d/%d", step + 1, steps_run)
 
     # sequential: the intervals at the verdicts' level per look, 1 - 0.9 error / (V J)

@@ -506,10 +506,11 @@ def test_empirical_margin_auto_splits_the_error_over_the_verdicts():
     tree = empirical_margin(model, guide, x, num_samples="auto", tolerance=None, **kw)
     rob = tree["robustness"]
     attrs = decode_attrs(dict(tree.attrs))
-    # the clean verdict and one per attack (31 doublings + 8 steps); two checks per attack
-    assert attrs["verdicts_per_input"] == 1 + 39 and attrs["checks_per_input"] == 2 * 39
-    assert attrs["error_per_verdict"] == pytest.approx(0.9 * 0.05 / 40)
-    assert attrs["error_per_check"] == pytest.approx(0.1 * 0.05 / 78)
+    # the clean verdict and one per attack (31 doublings + 8 steps + 3 extra aimed steps);
+    # two checks per attack
+    assert attrs["verdicts_per_input"] == 1 + 42 and attrs["checks_per_input"] == 2 * 42
+    assert attrs["error_per_verdict"] == pytest.approx(0.9 * 0.05 / 43)
+    assert attrs["error_per_check"] == pytest.approx(0.1 * 0.05 / 84)
     assert attrs["tolerance"] is None
     r_star = _scalar_crossing()
     # without a zone the margin is a radius shown robust (p > 1/2): at most the crossing
@@ -561,18 +562,21 @@ def test_empirical_margin_auto_checks_end_attacks_early():
     kw = {"r": 0.6, "radius_max": 64.0, "bisection_steps": 5, "steps": 20, "restarts": 2}
     tree = empirical_margin(model, counting_guide, x, num_samples="auto", box=None, seed=0, **kw)
     rob = tree["robustness"]
-    # radii 64, 32, 16, 8, 4, 2 are all far above R* ~ 0.2: every one shown broken early
-    assert np.all(rob["margin"].values == 0.0) and np.all(rob["margin_upper"].values == 2.0)
+    # the bracket narrows from 64 to the bisection's width 64 / 2^5 = 2 (or less: the steps aim
+    # at the crossing) through radii all far above R* ~ 0.2: every one shown broken early
+    assert np.all(rob["margin"].values == 0.0) and np.all(rob["margin_upper"].values <= 2.0)
+    assert np.all(rob["margin_upper"].values > 0.5)
     assert np.all(rob["decision_above"].values == NOT_ROBUST)
     n_auto = len(calls)
     calls.clear()
     empirical_margin(model, counting_guide, x, num_samples=1000, box=None, seed=0, **kw)
     n_fixed = len(calls)
     assert n_fixed == 6 * 20  # six full ascents of 20 steps
-    # the first attack (no warm start) is cut at its half-way check at the latest; the five
-    # bisection steps never start an ascent
+    # the first attack (no warm start) is cut at its half-way check at the latest; the later
+    # steps never start an ascent
     assert n_auto <= 10
-    assert np.all(rob["num_draws"].values <= 64 + 6 * 64)  # clean + six early checks (<= 64)
+    steps = 1 + 5 + 3  # the bracket's end, 5 bisection steps, 3 extra aimed ones at most
+    assert np.all(rob["num_draws"].values <= 64 + steps * 2 * 64)  # clean + early checks
 
 
 def test_empirical_margin_auto_verdicts_are_rarely_wrong():
@@ -622,3 +626,38 @@ def test_empirical_margin_auto_same_seed_same_bits():
     delta = [run["constant_data"]["delta_above"].values for run in runs]
     assert delta[0].tobytes() == delta[1].tobytes()
     assert int(runs[0]["robustness"]["num_draws"].sum()) > 0
+
+
+def test_aimed_step_is_exact_when_the_probit_is_linear():
+    # p(R) = Phi(a - b R): Phi^-1(p) is linear in R, so the aim from two exact ends hits the
+    # crossing R* = a / b; clipped to the bracket's middle part and 1/2 when not straddling.
+    from pyrobust.robustness.empirical import _AIM_RANGE, _aim
+
+    a, b, lo, hi, n = 1.2, 3.0, 0.1, 0.9, 10**6
+    p = stats.norm.cdf([a - b * lo, a - b * hi])
+    k_lo, k_hi = (torch.tensor([int(round(q * n))]) for q in p)
+    big = torch.tensor([n])
+    theta = _aim(k_lo, big, k_hi, big, torch.tensor([0.5], dtype=torch.float64))
+    assert float(lo + theta * (hi - lo)) == pytest.approx(a / b, abs=1e-3)
+    near_lo = _aim(torch.tensor([n // 2 + 10]), big, torch.tensor([0]), big, theta)
+    assert float(near_lo) == _AIM_RANGE[0]
+    same_side = _aim(torch.tensor([n]), big, torch.tensor([n - 5]), big, theta * 0 + 0.5)
+    assert float(same_side) == 0.5
+
+
+def test_empirical_margin_auto_brackets_are_never_wider_than_the_bisections():
+    # The aimed steps may shrink the bracket by less than half, but the step budget keeps the
+    # halvings needed: every input not settled at 1/2 ends at most as wide as the bisection.
+    model, guide = _scalar_pair()
+    x = torch.zeros(12, 1)
+    kw = {"r": 0.6, "bisection_steps": 6, "steps": 6, "restarts": 1, "radius_max": 4.0}
+    for tolerance in (None, 0.05):
+        tree = empirical_margin(
+            model, guide, x, num_samples="auto", tolerance=tolerance, box=None, seed=0, **kw
+        )
+        rob = tree["robustness"]
+        width = (rob["margin_upper"] - rob["margin"]).values
+        settled = rob["decision_at_margin"].values == ABOUT_HALF
+        assert np.all(width[~settled] <= 4.0 / 2**6 * (1 + 1e-6))
+        assert np.all(width[settled] == 0)
+        assert np.all(rob["broken"].values)  # every input bracketed: the test says something
