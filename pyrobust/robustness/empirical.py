@@ -186,8 +186,11 @@ def empirical_margin(
         check at the previous breaking perturbation scaled into the new ball, before any
         ascent; one half-way through the ascent; each at most 64 draws, acting only on "not
         robust"), so only the inputs still standing get the full attack and the final verdict.
+        Each step aims at the crossing (probit interpolation of the ends' :math:`\hat p`, up to
+        3 steps more than ``bisection_steps``, halving when needed so that no bracket ends wider
+        than the bisection's; an input stops once its bracket is that narrow).
         With :math:`A` = the bracket's attacks (1, or 31 without ``radius_max`` and ``box``) +
-        ``bisection_steps``, each of an input's :math:`V = 1 + A` verdicts runs at error
+        ``bisection_steps`` + 3, each of an input's :math:`V = 1 + A` verdicts runs at error
         :math:`0.9\,` ``error`` :math:`/ V` and each of its :math:`C = 2A` checks at
         :math:`0.1\,` ``error`` :math:`/ C`, so all of its statements hold together with
         probability :math:`\ge 1 -` ``error`` (for the attacks found). A step counts as robust only when decided robust; "not robust" and "undecided"
@@ -565,6 +568,9 @@ def empirical_margin(
             "decision_rule": "robust at a radius if the sequential verdict (error_per_verdict) is "
             "'robust'; 'about 1/2' ends the bisection there (margin = margin_upper); "
             "otherwise broken (shown by an early check or the verdict)",
+            "search": f"steps aimed at p = 1/2 (probit interpolation, {_AIM_RANGE[0]:g}-"
+            f"{_AIM_RANGE[1]:g} of the bracket), at most bisection_steps + {_EXTRA_STEPS}, "
+            "halving when needed: no bracket wider than the bisection's",
             "early_checks": "before the ascent (previous breaking perturbation, scaled) and "
             f"at {', '.join(f'{f:g}' for f in _CHECKS_AT)} of its steps; at most "
             f"{_CHECK_DRAWS} draws each",
