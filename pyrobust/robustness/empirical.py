@@ -87,11 +87,9 @@ def _aim(k_lo, n_lo, k_hi, n_hi, default):
     ends gives :math:`\theta = z_{lo} / (z_{lo} - z_{hi})`, clipped to :data:`_AIM_RANGE`;
     ``default`` where the ends do not straddle 1/2.
     """
-    normal = torch.distributions.Normal(0.0, 1.0)
 
     def z(k, n_d):
-        n_d = n_d.to(torch.float64)
-        return normal.icdf(((k.to(torch.float64) + 0.5) / (n_d + 1.0)).clamp(1e-12, 1 - 1e-12))
+        return torch.special.ndtri((k.to(torch.float64) + 0.5) / (n_d.to(torch.float64) + 1.0))
 
     z_lo, z_hi = z(k_lo, n_lo), z(k_hi, n_hi)
     ok = (z_lo > 0) & (z_hi < 0)
@@ -514,12 +512,13 @@ def empirical_margin(
             idx = idx[hi[idx] - lo[idx] > width[idx] * (1 + 1e-9)]
         if not idx.numel():
             break
-        theta = torch.full_like(lo[idx], 0.5)
-        if auto is not None:
-            theta = _aim(k_lo[idx], n_lo[idx], k_hi[idx], n_hi[idx], theta)
+        if auto is None:
+            radius = 0.5 * (lo[idx] + hi[idx])
+        else:
+            theta = _aim(k_lo[idx], n_lo[idx], k_hi[idx], n_hi[idx], torch.full_like(lo[idx], 0.5))
             halvings = torch.log2((hi[idx] - lo[idx]) / width[idx]).ceil()
             theta = torch.where(halvings >= budget - step, 0.5, theta)
-        radius = lo[idx] + theta * (hi[idx] - lo[idx])
+            radius = lo[idx] + theta * (hi[idx] - lo[idx])
         warm = None
         if auto is not None:
             warm = delta_hi[idx] * _bcast(radius / hi[idx], delta_hi[idx])
