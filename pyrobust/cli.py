@@ -72,7 +72,8 @@ def _opt(
     """A settings field: its flag's help, value check and the default as ``--help`` shows it.
 
     ``check`` is one of ``"positive"`` (> 0), ``"nonneg"`` (>= 0), ``"unit"`` (in (0, 1)),
-    ``"seed"``, ``"threads"``; ``shown`` replaces the default in ``--help`` (e.g. for ``None``);
+    ``"half"`` (in (0, 1/2)), ``"samples"`` (a positive int or ``"auto"``), ``"seed"``,
+    ``"threads"``; ``shown`` replaces the default in ``--help`` (e.g. for ``None``);
     a list setting holds distinct values unless ``unique=False``.
     """
     meta = {"help": help, "check": check, "choices": choices, "shown": shown}
@@ -152,7 +153,18 @@ class RobustnessConfig(QueryConfig):
     family: str = _opt(
         "sphere", "random perturbation family for --eps", choices=("gaussian", "sphere", "linf")
     )
-    num_samples: int = _opt(1000, "encoder-noise draws per input", check="positive")
+    num_samples: int | str = _opt(
+        1000,
+        "encoder-noise draws per input, or auto: sequential decisions with as few draws as each "
+        "needs (error 1 - confidence per cell)",
+        check="samples",
+    )
+    tolerance: float | None = _opt(
+        None,
+        "with --num-samples auto: decide 'about 1/2' inside 1/2 +- this",
+        check="half",
+        shown="no indifference zone",
+    )
     reference: str = _opt(
         "mean",
         "ball around g(mu(x)) ([CAM]) or a sampled reconstruction ([BAR])",
@@ -164,7 +176,11 @@ class RobustnessConfig(QueryConfig):
 @dataclass
 class MarginConfig(QueryConfig):
     r: float = _opt(1.0, "radius r", check="positive")
-    num_samples: int = _opt(1000, "encoder-noise draws for p_A", check="positive")
+    num_samples: int | str = _opt(
+        1000,
+        "encoder-noise draws for p_A, or auto: draw until its lower limit is within 0.01",
+        check="samples",
+    )
     norm: str = _opt(
         "frobenius",
         "Jacobian norm: frobenius ([CAM]), spectral (tighter) or whitened (diag(sigma)^-1 J, "
@@ -189,6 +205,18 @@ class AttackConfig(QueryConfig):
         None, "also estimate r-robustness at the attacked inputs", check="positive", shown="none"
     )
     empirical: bool = _opt(False, "instead find the empirical margin at radius --r by bisection")
+    num_samples: int | str = _opt(
+        1000,
+        "encoder-noise draws per robustness estimate, or auto (--empirical only): sequential "
+        "verdicts, attacks ended early (error 1 - 0.95 for each margin)",
+        check="samples",
+    )
+    tolerance: float | None = _opt(
+        None,
+        "with --empirical --num-samples auto: the indifference zone 1/2 +- this",
+        check="half",
+        shown="0.05",
+    )
 
 
 @dataclass
@@ -344,8 +372,10 @@ def _parse_scalar(text: str, scalar: type):
     return text
 
 
-def _flag_type(scalar: type, is_list: bool):
+def _flag_type(scalar: type, is_list: bool, auto: bool = False):
     def parse(text: str):
+        if auto and text == "auto":
+            return text
         if not is_list:
             return _parse_scalar(text, scalar)
         items = [t.strip() for t in text.split(",")]
@@ -364,6 +394,17 @@ def _check_value(value, scalar: type, name: str, meta) -> None:
         if not isinstance(value, bool):
             raise TypeError(f"{where} must be true or false; got {value!r}.")
         return
+    if meta.get("check") == "samples":  # a positive integer or "auto"
+        if value == "auto":
+            return
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(
+                f"{where} must be a positive integer or auto; got {value!r} "
+                f"({type(value).__name__})."
+            )
+        if value <= 0:
+            raise ValueError(f"{where} must be a positive integer or auto; got {value!r}.")
+        return
     if scalar is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise TypeError(f"{where} must be an integer; got {value!r} ({type(value).__name__}).")
     if scalar is float:
@@ -381,6 +422,8 @@ def _check_value(value, scalar: type, name: str, meta) -> None:
         raise ValueError(f"{where} must be positive; got {value!r}.")
     if check == "nonneg" and not value >= 0:
         raise ValueError(f"{where} must be >= 0; got {value!r}.")
+    if check == "half" and not 0 < value < 0.5:
+        raise ValueError(f"{where} must lie strictly between 0 and 1/2; got {value!r}.")
     if check == "unit" and not 0 < value < 1:
         raise ValueError(f"{where} must lie strictly between 0 and 1; got {value!r}.")
     if check == "seed" and not 0 <= value <= MAX_SEED:
@@ -448,7 +491,7 @@ def _add_flags(parser: argparse.ArgumentParser, cls: type, from_config: set[str]
         if scalar is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["type"] = _flag_type(scalar, is_list)
+            kwargs["type"] = _flag_type(scalar, is_list, auto=meta["check"] == "samples")
             if meta["choices"] and not is_list:
                 kwargs["choices"] = meta["choices"]
             elif meta["choices"]:
@@ -1032,9 +1075,12 @@ def _decision_counts(rob):
 def cmd_robustness(cfg: RobustnessConfig) -> None:
     from pyrobust.robustness import r_robustness
 
+    if cfg.tolerance is not None and cfg.num_samples != "auto":
+        raise ValueError("--tolerance needs --num-samples auto (sequential decisions).")
     vae, train_cfg, split, out = _prepare(cfg, "robustness")
     x = _inputs(cfg, split)
-    log.info("r-robustness of %d inputs, %d draws each", x.shape[0], cfg.num_samples)
+    log.info("r-robustness of %d inputs, %s draws each", x.shape[0], cfg.num_samples)
+    seq = {} if cfg.tolerance is None else {"tolerance": cfg.tolerance}
     tree = r_robustness(
         vae.model,
         vae.guide,
@@ -1046,6 +1092,7 @@ def cmd_robustness(cfg: RobustnessConfig) -> None:
         reference=cfg.reference,
         confidence=cfg.confidence,
         seed=cfg.seed,
+        **seq,
     )
     _save(tree, out, cfg, _identity(cfg, train_cfg))  # saved first: printing never loses it
     rob = tree["robustness"].to_dataset()
@@ -1087,6 +1134,13 @@ def cmd_attack(cfg: AttackConfig) -> None:
 
     if cfg.empirical and cfg.r is None:
         raise ValueError("--empirical needs the radius --r of r-robustness.")
+    if not cfg.empirical and cfg.num_samples == "auto":
+        raise ValueError(
+            "--num-samples auto applies to --empirical (sequential verdicts); an attack's "
+            "robustness estimate (--r) takes a number of draws, e.g. --num-samples 1000."
+        )
+    if cfg.tolerance is not None and not (cfg.empirical and cfg.num_samples == "auto"):
+        raise ValueError("--tolerance needs --empirical --num-samples auto.")
     name = "empirical_margin" if cfg.empirical else "attack"
     vae, train_cfg, split, out = _prepare(cfg, name)
     x = _inputs(cfg, split)
@@ -1100,7 +1154,9 @@ def cmd_attack(cfg: AttackConfig) -> None:
             norm=cfg.norm,
             steps=cfg.steps,
             restarts=cfg.restarts,
+            num_samples=cfg.num_samples,
             seed=cfg.seed,
+            **({} if cfg.tolerance is None else {"tolerance": cfg.tolerance}),
         )
     else:
         tree = max_damage_attack(
@@ -1112,6 +1168,7 @@ def cmd_attack(cfg: AttackConfig) -> None:
             steps=cfg.steps,
             restarts=cfg.restarts,
             r=cfg.r,
+            num_samples=cfg.num_samples,
             seed=cfg.seed,
         )
     _save(tree, out, cfg, _identity(cfg, train_cfg))

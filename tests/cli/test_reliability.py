@@ -107,7 +107,9 @@ def test_choices_agree_with_the_library():
         (["train", "--unknown", "1"], "unrecognized arguments: --unknown 1"),
         (["robustness", "--confidence", "1.5", "--run", "x"], "strictly between 0 and 1"),
         (["robustness", "--eps", "-1", "--run", "x"], "'eps' (--eps) must be >= 0"),
-        (["robustness", "--num-samples", "0", "--run", "x"], "must be positive"),
+        (["robustness", "--num-samples", "0", "--run", "x"], "must be a positive integer or auto"),
+        (["robustness", "--num-samples", "fast", "--run", "x"], "expected an integer, got 'fast'"),
+        (["robustness", "--tolerance", "0.6", "--run", "x"], "between 0 and 1/2"),
         (["robustness", "--n-inputs", "-1", "--run", "x"], "'n_inputs' (--n-inputs) must be"),
         (["attack", "--steps", "0", "--run", "x"], "'steps' (--steps) must be positive"),
         (["metrics", "--num-bootstrap", "-2", "--run", "x"], "must be >= 0"),
@@ -338,6 +340,13 @@ def test_train_same_seed_same_bits(tmp_path):
         ("margin", ["--num-samples", "40", "--confidence", "0.9"], "margin"),
         ("attack", ["--eps", "0.5", "--steps", "3", "--restarts", "2", "--r", "1"], "attack"),
         ("attack", ["--empirical", "--r", "1", "--steps", "3", "--restarts", "2"], "empirical"),
+        ("robustness", ["--r", "1", "--eps", "0,2", "--num-samples", "auto"], "robustness"),
+        ("margin", ["--num-samples", "auto", "--confidence", "0.9"], "margin"),
+        (
+            "attack",
+            ["--empirical", "--r", "1", "--steps", "3", "--restarts", "2", "--num-samples", "auto"],
+            "empirical",
+        ),
         ("certify", ["--a", "1", "--b", "1", "--c", "1"], "certify"),
     ],
 )
@@ -641,3 +650,29 @@ def test_hidden_widths_may_repeat():
     from pyrobust.cli import make_config
 
     assert make_config("train", {"hidden": [16, 16]}).hidden == [16, 16]
+
+
+def test_num_samples_auto_reaches_the_sequential_queries(run_dir, tmp_path, capsys):
+    # --num-samples auto (and --tolerance) arrive at the API: the result records them.
+    from pyrobust.analysis.io import load
+
+    base = ["--run", str(run_dir), "--n-inputs", "2", "--seed", "1"]
+    out = tmp_path / "rob.nc"
+    argv = ["robustness", *base, "--eps", "0,2", "--num-samples", "auto", "--tolerance", "0.1"]
+    assert main([*argv, "--out", str(out)]) == 0
+    tree = load(out)
+    assert tree.attrs["num_samples"] == "auto" and tree.attrs["tolerance"] == 0.1
+    assert int(tree["robustness"]["num_draws"].max()) >= 16
+    out = tmp_path / "emp.nc"
+    argv = ["attack", *base, "--empirical", "--r", "1", "--steps", "3", "--restarts", "1"]
+    assert main([*argv, "--num-samples", "auto", "--out", str(out)]) == 0
+    tree = load(out)
+    assert tree.attrs["num_samples"] == "auto" and tree.attrs["tolerance"] == 0.05
+    # refused by name, before any work
+    capsys.readouterr()
+    assert main(["robustness", *base, "--tolerance", "0.1", "--out", str(tmp_path / "a.nc")]) == 2
+    one_line_error(capsys, "--tolerance needs --num-samples auto")
+    argv = ["attack", *base, "--r", "1", "--num-samples", "auto", "--out", str(tmp_path / "b.nc")]
+    assert main(argv) == 2
+    one_line_error(capsys, "--num-samples auto applies to --empirical")
+    assert not (tmp_path / "a.nc").exists() and not (tmp_path / "b.nc").exists()
