@@ -635,7 +635,7 @@ def test_aimed_step_is_exact_when_the_probit_is_linear():
 
     a, b, lo, hi, n = 1.2, 3.0, 0.1, 0.9, 10**6
     p = stats.norm.cdf([a - b * lo, a - b * hi])
-    k_lo, k_hi = (torch.tensor([int(round(q * n))]) for q in p)
+    k_lo, k_hi = (torch.tensor([round(float(q) * n)]) for q in p)
     big = torch.tensor([n])
     theta = _aim(k_lo, big, k_hi, big, torch.tensor([0.5], dtype=torch.float64))
     assert float(lo + theta * (hi - lo)) == pytest.approx(a / b, abs=1e-3)
