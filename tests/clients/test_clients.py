@@ -18,6 +18,8 @@ import pytest
 import torch
 
 import pyrobust as pr
+from pyrobust.robustness._sequential import ABOUT_HALF
+from pyrobust.robustness._stats import NOT_ROBUST
 from tests.clients._client import (
     assert_binomial_close,
     distances,
@@ -319,6 +321,38 @@ def test_empirical_margin(client):
     if bool(keep.any()):
         mine = probability(client, client.x, client.r, torch.nan_to_num(above), num=M)
         assert_binomial_close(p_above[keep], N, mine[keep], M)
+
+
+def test_empirical_margin_auto(client):
+    # The sequential margin's statements, checked by an independent computation: every end
+    # decided "not robust" or "about 1/2" at delta_above has that probability in plain torch.
+    with untouched(client):
+        tree = pr.empirical_margin(
+            client.model,
+            client.guide,
+            client.x,
+            r=client.r,
+            bisection_steps=3,
+            eval_samples=64,
+            num_samples="auto",
+            max_samples=4000,
+            box=client.box,
+            seed=0,
+            **ATTACK,
+            **client.sites,
+        )
+    rob = tree["robustness"]
+    assert tree.attrs["num_samples"] == "auto" and tree.attrs["tolerance"] == 0.05
+    above = _tensor(tree["constant_data"]["delta_above"]).to(client.x.dtype)
+    mine = probability(client, client.x, client.r, above, num=M)
+    slack = 4.5 * math.sqrt(0.25 / M)
+    code = _tensor(rob["decision_above"])
+    assert bool((mine[code == NOT_ROBUST] < 0.5 + slack).all()), (mine, code)
+    assert bool(((mine[code == ABOUT_HALF] - 0.5).abs() < 0.05 + slack).all()), (mine, code)
+    ci = _tensor(rob["ci_above"]).double()  # (obs_id, ci_bound): lower, upper
+    inside = (mine >= ci[:, 0] - slack) & (mine <= ci[:, 1] + slack)
+    assert bool(inside.all()), (mine, ci)
+    assert bool((_tensor(rob["margin"]) <= _tensor(rob["margin_upper"])).all())
 
 
 def test_latent_attack(single):
