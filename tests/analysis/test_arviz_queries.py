@@ -175,6 +175,29 @@ def test_empirical_margin(lg):
     assert rob["margin"].dims == ("obs_id",) and rob["broken"].dtype == bool
 
 
+def test_empirical_margin_auto_reads_in_arviz(lg):
+    # The sequential margin: the same schema; ArviZ summarises and plots the margins over inputs.
+    vae, x = lg
+    tree = pr.empirical_margin(
+        vae.model, vae.guide, x, r=0.7, radius_max=2.0, bisection_steps=3, steps=5,
+        restarts=1, eot_samples=4, eval_samples=32, num_samples="auto", box=None, seed=0,
+    )  # fmt: skip
+    _check_schema(tree, x)
+    rob = tree["robustness"]
+    s = arviz_stats.summary(
+        tree, group="robustness", var_names=["margin", "margin_upper"], kind="stats",
+        sample_dims=["obs_id"], round_to="none",
+    )  # fmt: skip
+    np.testing.assert_allclose(s["mean"].to_numpy()[0], rob["margin"].values.mean(), rtol=1e-6)
+    pytest.importorskip("matplotlib")
+    import arviz_plots
+
+    arviz_plots.plot_forest(
+        tree, group="robustness", var_names=["margin", "margin_upper"], sample_dims=["obs_id"],
+        backend="matplotlib",
+    )  # fmt: skip
+
+
 def test_latent_attack(lg):
     vae, x = lg
     tree = pr.latent_attack(vae.model, vae.guide, x, x.flip(0), eps=0.5, steps=5, box=None, seed=0)
