@@ -345,6 +345,7 @@ def _projected_ascent(
     gen,
     what="The objective",
     stop=None,
+    stop_at=frozenset(),
 ):
     r"""Batched projected gradient ascent of ``objective`` over restarts and inputs at once.
 
@@ -355,8 +356,8 @@ def _projected_ascent(
     and projects back onto the ball intersected with the box; the cosine decay lets the
     iterate settle on interior optima too (the path length stays :math:`\alpha_0 T / 2`).
 
-    ``stop`` (optional) ends the ascent early for some inputs: before each step ``t`` in
-    ``stop.at`` it is called as ``stop(t, cand, keep)`` with ``keep`` (M',) the inputs still
+    ``stop`` (optional) ends the ascent early for some inputs: before each step in
+    ``stop_at`` it is called as ``stop(cand, keep)`` with ``keep`` (M',) the inputs still
     ascending and ``cand`` (M', *event) the iterate of each one's best restart (by the
     objective's last values) and returns a boolean mask (M',) of the inputs finished; every
     restart of a finished input is set to its ``cand``, and the objective is called as
@@ -370,13 +371,13 @@ def _projected_ascent(
     alpha = _bcast(step_size * eb, delta)
     keep, out, values = None, None, None
     for t in range(steps):
-        if stop is not None and t in stop.at:
+        if stop is not None and t in stop_at:
             keep = torch.arange(m, device=x.device) if keep is None else keep
             mk = keep.numel()
             grid = delta.detach().reshape(restarts, mk, *x.shape[1:])
             best = values.reshape(restarts, mk).argmax(0) if values is not None else 0
             cand = grid[best, torch.arange(mk, device=x.device)]
-            done = stop(t, cand, keep)
+            done = stop(cand, keep)
             if bool(done.any()):
                 out = grid.new_zeros((restarts, m, *x.shape[1:])) if out is None else out
                 out[:, keep[done]] = cand[done]
@@ -458,13 +459,14 @@ def _attack_core(
     gen,
     max_batch,
     stop=None,
+    stop_at=frozenset(),
 ):
     """Max-damage attack on (M, *event) inputs with per-input budgets ``eps`` (M,).
 
     Returns the best perturbation over restarts (M, *event) and its damage (M,), estimated
     with ``eval_samples`` fresh draws of the encoder noise. ``stop`` (PGD only) may end the
-    ascent early for some inputs (see :func:`_projected_ascent`); their perturbation is the
-    iterate ``stop`` accepted.
+    ascent early for some inputs before the steps in ``stop_at`` (see
+    :func:`_projected_ascent`); their perturbation is the iterate ``stop`` accepted.
     """
     m, d_z = x.shape[0], pair.d_z
     logger.info(
@@ -509,6 +511,7 @@ def _attack_core(
                 gen=gen,
                 what=what,
                 stop=stop,
+                stop_at=stop_at,
             )
         else:
             # Common random numbers per input keep the objective deterministic for L-BFGS-B.

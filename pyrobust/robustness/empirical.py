@@ -97,16 +97,6 @@ def _aim(k_lo, n_lo, k_hi, n_hi, default):
     return torch.where(ok, theta, default)
 
 
-class _Checks:
-    """Early checks of an ascent: ``test(t, cand, keep)`` before each step ``t`` in ``at``."""
-
-    def __init__(self, at, test):
-        self.at, self._test = frozenset(at), test
-
-    def __call__(self, t, cand, keep):
-        return self._test(t, cand, keep)
-
-
 def empirical_margin(
     model: Callable,
     guide: Callable,
@@ -306,22 +296,25 @@ def empirical_margin(
         error_check = auto["error"] * _CHECK_SHARE / num_checks
     seq_runs: list = []
 
+    def counts(rows, delta, m):
+        """Robust draws of ``m`` per row of ``rows`` (inputs) at perturbations ``delta``."""
+        return _robust_counts(
+            pair.subset(rows),
+            x[rows],
+            delta,
+            r_val,
+            num_samples=m,
+            reference=reference,
+            gen=gen,
+            max_batch=max_batch,
+            ref=ref[rows],
+        ).to(torch.int64)
+
     def sequential(idx, delta, max_draws, tolerance, error):
         """Sequential verdicts (k, n, codes) for rows ``idx`` at perturbations ``delta``."""
 
         def draw(active, m):
-            rows = idx[active]
-            return _robust_counts(
-                pair.subset(rows),
-                x[rows],
-                delta[active],
-                r_val,
-                num_samples=m,
-                reference=reference,
-                gen=gen,
-                max_batch=max_batch,
-                ref=ref[rows],
-            ).to(torch.int64)
+            return counts(idx[active], delta[active], m)
 
         with pair.session():
             res = sequential_decide(
@@ -342,17 +335,7 @@ def empirical_margin(
         if auto is not None:
             return sequential(idx, delta, auto["max_samples"], auto["tolerance"], error_verdict)
         with pair.session():
-            k = _robust_counts(
-                pair.subset(idx),
-                x[idx],
-                delta,
-                r_val,
-                num_samples=num_samples,
-                reference=reference,
-                gen=gen,
-                max_batch=max_batch,
-                ref=ref[idx],
-            )
+            k = counts(idx, delta, num_samples)
         code = torch.where(2 * k > num_samples, ROBUST, NOT_ROBUST).to(torch.int8)
         return k, torch.full_like(k, num_samples), code
 
@@ -396,10 +379,10 @@ def empirical_margin(
         rest = (~done).nonzero().squeeze(-1)
         if not rest.numel():
             return delta, damage, k, n_d, code
-        stop = None
+        stop, stop_at = None, frozenset()
         if auto is not None and method == "pgd":
 
-            def test(t, cand, keep):
+            def stop(cand, keep):
                 rows = rest[keep]
                 hit, k_c, n_c = check(idx[rows], cand)
                 draws_used[idx[rows]] += n_c
@@ -407,8 +390,9 @@ def empirical_margin(
                 k[rows[hit]], n_d[rows[hit]] = k_c[hit], n_c[hit]
                 return hit
 
-            at = {int(f * steps) for f in _CHECKS_AT} | ({0} if warm is None else set())
-            stop = _Checks(at=at, test=test)
+            stop_at = frozenset(
+                {int(f * steps) for f in _CHECKS_AT} | ({0} if warm is None else set())
+            )
         d_rest, dmg_rest = _attack_core(
             pair.subset(idx[rest]),
             x[idx[rest]],
@@ -425,6 +409,7 @@ def empirical_margin(
             gen=gen,
             max_batch=max_batch,
             stop=stop,
+            stop_at=stop_at,
         )
         delta[rest], damage[rest] = d_rest, dmg_rest
         final = (~done).nonzero().squeeze(-1)

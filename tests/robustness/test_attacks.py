@@ -379,17 +379,14 @@ def test_projected_ascent_stop_ends_inputs_early():
         seen.append(delta.shape[0])
         return -((0.5 + delta - rows) ** 2).sum(-1)
 
-    class Stop:
-        at = frozenset({2})
-
-        def __call__(self, t, cand, keep):
-            accepted["cand"], accepted["keep"] = cand.clone(), keep.clone()
-            return keep == 1
+    def stop(cand, keep):
+        accepted["cand"], accepted["keep"] = cand.clone(), keep.clone()
+        return keep == 1
 
     kw = {"norm": "l2", "box": (0.0, 1.0), "steps": 6, "step_size": 0.3, "restarts": 2}
     eps = torch.full((3,), 0.4).double()
     gen = torch.Generator().manual_seed(0)
-    out = _projected_ascent(objective, x, eps, stop=Stop(), gen=gen, **kw)
+    out = _projected_ascent(objective, x, eps, stop=stop, stop_at={2}, gen=gen, **kw)
     assert seen == [6, 6, 4, 4, 4, 4]
     assert accepted["keep"].tolist() == [0, 1, 2]
     torch.testing.assert_close(out[0, 1], accepted["cand"][1])
