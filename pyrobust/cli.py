@@ -300,7 +300,12 @@ class AuditConfig(Common):
     )
     shard_size: int = _opt(1024, "inputs per shard (and per zarr chunk)", check="positive")
     r: list[float] = _opt((1.0,), "radius or radii r, comma separated", check="positive")
-    num_samples: int = _opt(1000, "encoder-noise draws per input", check="positive")
+    num_samples: int | str = _opt(
+        1000,
+        "encoder-noise draws per input, or auto: sequential decisions with as few draws as each "
+        "needs (error 1 - confidence per cell; the margin bound's p_A within 0.01)",
+        check="samples",
+    )
     confidence: float = _opt(0.95, "level of the intervals and of the margin bound", check="unit")
     margin: bool = _opt(True, "also the [CAM] margin bound at the first radius")
 
@@ -1332,9 +1337,11 @@ def cmd_audit(cfg: AuditConfig) -> None:
         raise ValueError(str(err).replace("overwrite=True", "--force")) from err
     done = int(tree["shards_done"].sum())
     print(f"wrote {out}: {done} of {tree.sizes['shard']} shards, {x.shape[0]} inputs")
-    mean = tree["r_robustness/robustness"]["probability"].mean("obs_id")
+    rob = tree["r_robustness/robustness"]
     print("mean probability of staying within r, over the inputs:")
-    print(mean.to_series().to_string())
+    print(rob["probability"].mean("obs_id").to_series().to_string())
+    if cfg.num_samples == "auto":
+        print(f"sequential decisions: {int(rob['num_draws'].sum()):,} draws in all")
 
 
 HANDLERS = {

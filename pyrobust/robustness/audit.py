@@ -53,12 +53,17 @@ logger = logging.getLogger("pyrobust.audit")
 
 #: Engines :func:`audit` runs shards on.
 ENGINES = ("local", "ray")
-#: Result groups of a query written to the store unless :attr:`Query.groups` says otherwise.
+#: Result groups of a query written to the store unless :attr:`Query.groups` says otherwise
+#: (``posterior_predictive`` where the result has it).
 DEFAULT_GROUPS = ("robustness", "posterior_predictive")
 _FORMAT = "pyrobust.audit"
 _VERSION = 1
 _SHARD_DIM = "obs_id"
 _ROOT_VARS = ("shards_done", "shard_start", "shard_stop", "shard_seed")
+#: Attrs of a query's result that differ from shard to shard and so are not copied to the
+#: store's (which would show the first shard's): the seed (the root variable ``shard_seed``
+#: holds each shard's) and a sequential run's counters (``num_draws`` holds every cell's draws).
+_PER_SHARD_ATTRS = ("seed", "rounds", "total_draws")
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,9 +85,12 @@ class Query:
     kwargs : mapping, optional
         Keyword arguments of ``fn`` (everything but ``model, guide, x`` and ``seed``, which the
         audit sets per shard).
-    groups : sequence of str, default ("robustness", "posterior_predictive")
+    groups : sequence of str, optional
         Groups of each shard's result written to the store. Their variables with an ``obs_id``
-        dim are written shard by shard; those without it (radii, draws) once.
+        dim are written shard by shard; those without it (radii, draws) once. By default the
+        result's ``robustness`` group and, when it has one, its ``posterior_predictive``
+        group (a fixed design's draws; ``num_samples="auto"`` and the attacks summarise theirs
+        in ``robustness``). Groups named here must exist.
     per_input : mapping of {str: int}, optional
         Keyword arguments that hold one entry per input, and the axis that runs over the
         inputs; they are sliced shard by shard. Tensors shaped like the data (axis 0) or like a
@@ -99,7 +107,7 @@ class Query:
 
     fn: str | Callable
     kwargs: Mapping[str, Any] = field(default_factory=dict)
-    groups: Sequence[str] = DEFAULT_GROUPS
+    groups: Sequence[str] | None = None
     per_input: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -120,13 +128,14 @@ class Query:
                 f"Query.kwargs must not set {sorted(reserved)}: the audit passes the model, the "
                 "guide and each shard's inputs, and derives each shard's seed from audit(seed=)."
             )
-        groups = (self.groups,) if isinstance(self.groups, str) else tuple(self.groups)
-        if not groups or not all(isinstance(g, str) and g and "/" not in g for g in groups):
-            raise ValueError(
-                f"Query.groups must be a non-empty sequence of result-group names such as "
-                f"{DEFAULT_GROUPS}; got {self.groups!r}."
-            )
-        object.__setattr__(self, "groups", groups)
+        if self.groups is not None:
+            groups = (self.groups,) if isinstance(self.groups, str) else tuple(self.groups)
+            if not groups or not all(isinstance(g, str) and g and "/" not in g for g in groups):
+                raise ValueError(
+                    f"Query.groups must be a non-empty sequence of result-group names such as "
+                    f"{DEFAULT_GROUPS}, or None for the default; got {self.groups!r}."
+                )
+            object.__setattr__(self, "groups", groups)
         for key, axis in dict(self.per_input).items():
             if key not in self.kwargs:
                 raise ValueError(
@@ -373,6 +382,8 @@ def _shard_groups(tree: Any, groups: Sequence[str], label: str, start: int, n: i
             "xarray.DataTree."
         )
     result: dict[str, Any] = {"attrs": dict(tree.attrs)}
+    if groups is None:  # the default: robustness, and the draws where the result keeps them
+        groups = [g for g in DEFAULT_GROUPS if g == "robustness" or g in tree.children]
     for group in groups:
         if group not in tree.children:
             raise ValueError(
@@ -571,7 +582,7 @@ class _Store:
     def write_template(self, result: dict, n: int, shard_size: int) -> None:
         """Write every result group with its ``obs_id`` dim stretched to all ``n`` inputs."""
         for label, groups in result.items():
-            attrs = {k: v for k, v in groups["attrs"].items() if k != "seed"}
+            attrs = {k: v for k, v in groups["attrs"].items() if k not in _PER_SHARD_ATTRS}
             for group, ds in groups.items():
                 if group == "attrs":
                     continue
@@ -587,7 +598,7 @@ class _Store:
                             shard_size if d == _SHARD_DIM else tmpl.sizes[d] for d in var.dims
                         )
                         encoding[name] = {"chunks": chunks}
-                tmpl.attrs = {k: v for k, v in tmpl.attrs.items() if k != "seed"}
+                tmpl.attrs = {k: v for k, v in tmpl.attrs.items() if k not in _PER_SHARD_ATTRS}
                 tmpl.to_zarr(self.out, group=path, mode="w", encoding=encoding, **self.kw)
                 zgroup = self._group("r+")[path]
                 for name, arr in zgroup.arrays():
@@ -996,7 +1007,7 @@ def audit(
             label: {
                 "fn": q.name,
                 "kwargs": _fingerprint_value(dict(q.kwargs)),
-                "groups": list(q.groups),
+                "groups": "default" if q.groups is None else list(q.groups),
             }
             for label, q in qs.items()
         },

@@ -106,6 +106,57 @@ def test_each_shard_equals_one_query_call_with_its_seed(lg, tmp_path):
         )
 
 
+def test_sequential_and_attack_queries_with_the_default_groups(lg, tmp_path):
+    """num_samples="auto" and the attacks keep no draws: the default groups are their
+    robustness group; each shard equals one call; per-shard run counters stay out of the
+    store's attrs (which would show the first shard's), num_draws holds every cell's."""
+    n, size, seed = 7, 3, 4
+    x = _x(lg, n)
+    queries = {
+        "r_robustness": {"r": [0.5, 2.0], "num_samples": "auto", "tolerance": 0.1},
+        "margin_bound": {"r": 1.0, "num_samples": "auto", "max_samples": 4096},
+        "empirical_margin": {
+            "r": 1.0,
+            "num_samples": "auto",
+            "box": None,
+            "radius_max": 3.0,
+            "steps": 4,
+            "bisection_steps": 3,
+            "max_samples": 2048,
+        },
+    }
+    tree = audit(
+        (lg.model, lg.guide),
+        x,
+        queries=queries,
+        out=tmp_path / "a.zarr",
+        shard_size=size,
+        seed=seed,
+        progress=False,
+    )
+    total = {}
+    for q, (label, kwargs) in enumerate(queries.items()):
+        assert sorted(tree[label].children) == ["robustness"]
+        for key in ("rounds", "total_draws", "seed"):
+            assert key not in tree[f"{label}/robustness"].attrs
+            assert tree[label].attrs.get(key) in (
+                None,
+                "one per shard: the root variable shard_seed",
+            )
+        assert tree[label].attrs["num_samples"] == "auto"
+        total[label] = 0
+        for s, start in enumerate(range(0, n, size)):
+            stop = min(start + size, n)
+            ref = getattr(pr, label)(
+                lg.model, lg.guide, x[start:stop], seed=shard_seed(seed, s, q), **kwargs
+            )
+            _assert_same(
+                _region(tree, f"{label}/robustness", start, stop), ref["robustness"].to_dataset()
+            )
+            total[label] += ref.attrs["total_draws"]
+        assert int(tree[f"{label}/robustness"]["num_draws"].sum()) == total[label] > 0
+
+
 def test_probabilities_land_on_their_inputs(lg, tmp_path):
     """Against the exact answer of the linear-Gaussian VAE, input by input (THEORY.md 7)."""
     n = 9

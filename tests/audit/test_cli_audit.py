@@ -55,6 +55,33 @@ def test_audit_writes_the_store_the_library_writes_and_resumes(run, tmp_path, ca
     assert "margin_bound" not in xr.open_datatree(run / "audit.zarr", engine="zarr").children
 
 
+def test_audit_with_sequential_decisions(run, tmp_path, capsys):
+    """--num-samples auto: both queries decide sequentially, as the library's audit does."""
+    out = tmp_path / "auto.zarr"
+    args = ["--n-inputs", "6", "--shard-size", "4", "--r", "0.5,2", "--out", str(out)]
+    assert main(["audit", "--run", str(run), *args, "--num-samples", "auto"]) == 0
+    printed = capsys.readouterr().out
+    import xarray as xr
+
+    tree = xr.open_datatree(out, engine="zarr")
+    draws = int(tree["r_robustness/robustness"]["num_draws"].sum())
+    assert f"sequential decisions: {draws:,} draws in all" in printed
+    x = load_dataset("digits", n=300, seed=0).test[:6]
+    kwargs = {"num_samples": "auto", "confidence": 0.95}
+    ref = audit(
+        run,
+        x,
+        out=tmp_path / "ref.zarr",
+        shard_size=4,
+        seed=0,
+        progress=False,
+        queries={"r_robustness": {"r": [0.5, 2.0], **kwargs}, "margin_bound": {"r": 0.5, **kwargs}},
+    )
+    for path in ("r_robustness/robustness", "margin_bound/robustness"):
+        _same(tree, ref, path)
+    assert tree["margin_bound"].attrs["num_samples"] == "auto"
+
+
 def test_audit_of_a_npy_file(run, tmp_path):
     x = torch.rand(5, 1, 8, 8).numpy()
     np.save(tmp_path / "x.npy", x)
@@ -75,6 +102,7 @@ def test_audit_of_a_npy_file(run, tmp_path):
         (["--address", "auto"], "--address: settings of --engine ray"),
         (["--workers", "2", "--gpus-per-worker", "1"], "--workers, --gpus-per-worker: settings"),
         (["--out", "/nonexistent/dir/a.zarr"], "does not exist"),
+        (["--num-samples", "many"], "--num-samples"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(run, args, message, capsys):
