@@ -19,7 +19,7 @@ import torch
 
 import pyrobust as pr
 from pyrobust.robustness._sequential import ABOUT_HALF
-from pyrobust.robustness._stats import NOT_ROBUST
+from pyrobust.robustness._stats import NOT_ROBUST, ROBUST
 from tests.clients._client import (
     assert_binomial_close,
     distances,
@@ -145,6 +145,92 @@ def test_r_robustness_is_reproducible(client):
     )
 
 
+def test_r_robustness_auto(client):
+    # Sequential decisions on radii below, at and above the crossing, each checked by the
+    # client's nets in plain torch: "robust" has p > 1/2, "not robust" p < 1/2, "about 1/2"
+    # p within the zone, and every interval holds p (up to the plain estimate's own error).
+    delta = _delta(client)
+    d = distances(client, client.x, delta, num=M)  # (M, obs_id): plain torch
+    # every input has p <= 0.2 at the first radius and p >= 0.8 at the last
+    low, high = d.quantile(0.2, dim=0).min(), d.quantile(0.8, dim=0).max()
+    radii = [float(low), client.r, float(high)]
+    with untouched(client):
+        tree = pr.r_robustness(
+            client.model,
+            client.guide,
+            client.x,
+            r=radii,
+            delta=delta,
+            num_samples="auto",
+            tolerance=0.05,
+            max_samples=20_000,
+            seed=0,
+            **client.sites,
+        )
+    rob = tree["robustness"]
+    assert rob["decision"].dims == ("obs_id", "radius")
+    mine = torch.stack([(d <= r).double().mean(0) for r in radii], dim=-1)  # (obs_id, radius)
+    slack = 4.5 * math.sqrt(0.25 / M)
+    code, draws = _tensor(rob["decision"]), _tensor(rob["num_draws"])
+    assert bool((mine[code == ROBUST] > 0.5 - slack).all()), (mine, code)
+    assert bool((mine[code == NOT_ROBUST] < 0.5 + slack).all()), (mine, code)
+    assert bool(((mine[code == ABOUT_HALF] - 0.5).abs() < 0.05 + slack).all()), (mine, code)
+    ci = _tensor(rob["ci"]).double()  # (obs_id, radius, ci_bound)
+    assert bool(((mine >= ci[..., 0] - slack) & (mine <= ci[..., 1] + slack)).all()), (mine, ci)
+    torch.testing.assert_close(
+        _tensor(rob["probability"]), _tensor(rob["num_inside"]).double() / draws.double()
+    )
+    # not vacuous: both sides of 1/2 are decided, with as few draws as each needs
+    assert bool((code == ROBUST).any()) and bool((code == NOT_ROBUST).any()), code
+    assert int(draws.min()) < int(draws.max()) <= 20_000
+    assert int(draws.sum()) == tree.attrs["total_draws"]
+
+
+def test_audit_auto_equals_its_shards(client, tmp_path):
+    # An audit cuts the client's inputs and their per-input model arguments (labels, library
+    # sizes) into shards; each shard's sequential answers are one call's with its seed.
+    from pyrobust.robustness.audit import audit, shard_seed
+
+    n, size = len(client.x), 3
+    kwargs = {"r": client.r, "num_samples": "auto", "max_samples": 4096, "tolerance": 0.05}
+    with untouched(client):
+        tree = audit(
+            (client.model, client.guide),
+            client.x,
+            queries={"r_robustness": {**kwargs, **client.sites}},
+            out=tmp_path / "a.zarr",
+            shard_size=size,
+            seed=2,
+            progress=False,
+        )
+    rob = tree["r_robustness/robustness"].to_dataset().load()
+    assert bool(tree["shards_done"].all()) and rob.sizes["obs_id"] == n
+    for s, start in enumerate(range(0, n, size)):
+        stop = min(start + size, n)
+        sites = {k: v for k, v in client.sites.items() if k not in ("model_args", "model_kwargs")}
+        if client.model_args:
+            sites["model_args"] = tuple(
+                a[start:stop] if isinstance(a, torch.Tensor) and len(a) == n else a
+                for a in client.model_args
+            )
+        if client.model_kwargs:
+            sites["model_kwargs"] = {
+                k: v[start:stop] if isinstance(v, torch.Tensor) and len(v) == n else v
+                for k, v in client.model_kwargs.items()
+            }
+        ref = pr.r_robustness(
+            client.model,
+            client.guide,
+            client.x[start:stop],
+            seed=shard_seed(2, s, 0),
+            **kwargs,
+            **sites,
+        )["robustness"]
+        for name in ("decision", "num_inside", "num_draws", "ci"):
+            part = rob[name].isel(obs_id=slice(start, stop)).values
+            assert part.tobytes() == ref[name].values.tobytes(), (client.name, name)
+
+
 def test_lognormal_scale_is_the_issue_number():
     """The issue's minimal case: with ``s`` replayed from the guide, p = 0.954 (not ~0.2)."""
     from tests.clients.conftest import get_client
@@ -192,6 +278,42 @@ def test_margin_bound(single):
         torch.zeros_like(p_low),
     )
     torch.testing.assert_close(_tensor(rob["bound"]), expected, rtol=1e-5, atol=0)
+
+
+def test_margin_bound_auto(single):
+    # p_A drawn until its lower limit is within `precision` of it: the estimate agrees with
+    # plain torch, the lower limit lies below it, and the bound is [CAM]'s formula at it.
+    client, precision = single, 0.02
+    with untouched(client):
+        tree = pr.margin_bound(
+            client.model,
+            client.guide,
+            client.x,
+            r=2 * client.r,
+            num_samples="auto",
+            precision=precision,
+            max_samples=20_000,
+            seed=0,
+            **client.sites,
+        )
+    rob = tree["robustness"]
+    draws = _tensor(rob["num_draws"])
+    p_a, p_low = _tensor(rob["p_a"]), _tensor(rob["p_a_lower"])
+    mine = probability(client, client.x, 2 * client.r, num=M)
+    for i in range(len(draws)):
+        assert_binomial_close(p_a[i : i + 1], int(draws[i]), mine[i : i + 1], M)
+    assert bool((p_low <= mine + 4.5 * math.sqrt(0.25 / M)).all()), (p_low, mine)
+    assert bool(((p_a - p_low <= precision) | (draws == 20_000)).all()), (p_a, p_low, draws)
+    jac, scale = jacobian(client, client.x)
+    jac_norm = jac.reshape(len(jac), jac.shape[1], -1).norm(dim=(1, 2)).double()
+    torch.testing.assert_close(_tensor(rob["jacobian_norm"]), jac_norm, rtol=1e-5, atol=0)
+    expected = torch.where(
+        p_low > 0.5,
+        scale.min(-1).values.double() * torch.special.ndtri(p_low) / jac_norm,
+        torch.zeros_like(p_low),
+    )
+    torch.testing.assert_close(_tensor(rob["bound"]), expected, rtol=1e-5, atol=0)
+    assert tree.attrs["num_samples"] == "auto" and tree.attrs["precision"] == precision
 
 
 def test_certified_margin(single):
