@@ -77,6 +77,35 @@ def _site_pattern(site: str) -> str:
     return rf"['\"]{re.escape(site)}['\"]"
 
 
+def _assert_decisions_hold(code, ci, mine, tolerance: float = 0.05) -> None:
+    """Sequential decisions checked against plain-torch probabilities ``mine`` (from ``M``
+    draws): "robust" has p > 1/2, "not robust" p < 1/2, "about 1/2" p within the zone, and
+    every interval ``ci`` (..., ci_bound) holds p, up to the plain estimate's own error."""
+    slack = 4.5 * math.sqrt(0.25 / M)
+    assert bool((mine[code == ROBUST] > 0.5 - slack).all()), (mine, code)
+    assert bool((mine[code == NOT_ROBUST] < 0.5 + slack).all()), (mine, code)
+    assert bool(((mine[code == ABOUT_HALF] - 0.5).abs() < tolerance + slack).all()), (mine, code)
+    ci = ci.double()
+    assert bool(((mine >= ci[..., 0] - slack) & (mine <= ci[..., 1] + slack)).all()), (mine, ci)
+
+
+def _assert_cam_bound(client, rob) -> None:
+    """jacobian_norm equals plain torch's and ``bound`` is [CAM]'s formula at ``p_a_lower``."""
+    jac, scale = jacobian(client, client.x)
+    jac_norm = jac.reshape(len(jac), jac.shape[1], -1).norm(dim=(1, 2)).double()
+    torch.testing.assert_close(_tensor(rob["jacobian_norm"]), jac_norm, rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        _tensor(rob["min_scale"]), scale.min(-1).values.double(), rtol=1e-5, atol=0
+    )
+    p_low = _tensor(rob["p_a_lower"])
+    expected = torch.where(
+        p_low > 0.5,
+        scale.min(-1).values.double() * torch.special.ndtri(p_low) / jac_norm,
+        torch.zeros_like(p_low),
+    )
+    torch.testing.assert_close(_tensor(rob["bound"]), expected, rtol=1e-5, atol=0)
+
+
 # --------------------------------------------------------------------------------------------
 # r_robustness
 # --------------------------------------------------------------------------------------------
@@ -147,8 +176,7 @@ def test_r_robustness_is_reproducible(client):
 
 def test_r_robustness_auto(client):
     # Sequential decisions on radii below, at and above the crossing, each checked by the
-    # client's nets in plain torch: "robust" has p > 1/2, "not robust" p < 1/2, "about 1/2"
-    # p within the zone, and every interval holds p (up to the plain estimate's own error).
+    # client's nets in plain torch.
     delta = _delta(client)
     d = distances(client, client.x, delta, num=M)  # (M, obs_id): plain torch
     # every input has p <= 0.2 at the first radius and p >= 0.8 at the last
@@ -170,13 +198,8 @@ def test_r_robustness_auto(client):
     rob = tree["robustness"]
     assert rob["decision"].dims == ("obs_id", "radius")
     mine = torch.stack([(d <= r).double().mean(0) for r in radii], dim=-1)  # (obs_id, radius)
-    slack = 4.5 * math.sqrt(0.25 / M)
     code, draws = _tensor(rob["decision"]), _tensor(rob["num_draws"])
-    assert bool((mine[code == ROBUST] > 0.5 - slack).all()), (mine, code)
-    assert bool((mine[code == NOT_ROBUST] < 0.5 + slack).all()), (mine, code)
-    assert bool(((mine[code == ABOUT_HALF] - 0.5).abs() < 0.05 + slack).all()), (mine, code)
-    ci = _tensor(rob["ci"]).double()  # (obs_id, radius, ci_bound)
-    assert bool(((mine >= ci[..., 0] - slack) & (mine <= ci[..., 1] + slack)).all()), (mine, ci)
+    _assert_decisions_hold(code, _tensor(rob["ci"]), mine)
     torch.testing.assert_close(
         _tensor(rob["probability"]), _tensor(rob["num_inside"]).double() / draws.double()
     )
@@ -263,21 +286,9 @@ def test_margin_bound(single):
             **client.sites,
         )
     rob = tree["robustness"]
-    jac, scale = jacobian(client, client.x)
-    jac_norm = jac.reshape(len(jac), jac.shape[1], -1).norm(dim=(1, 2)).double()
-    torch.testing.assert_close(_tensor(rob["jacobian_norm"]), jac_norm, rtol=1e-5, atol=0)
-    torch.testing.assert_close(
-        _tensor(rob["min_scale"]), scale.min(-1).values.double(), rtol=1e-5, atol=0
-    )
+    _assert_cam_bound(client, rob)
     p_a = probability(client, client.x, 2 * client.r, num=M)
     assert_binomial_close(_tensor(rob["p_a"]), N, p_a, M)
-    p_low = _tensor(rob["p_a_lower"])
-    expected = torch.where(
-        p_low > 0.5,
-        scale.min(-1).values.double() * torch.special.ndtri(p_low) / jac_norm,
-        torch.zeros_like(p_low),
-    )
-    torch.testing.assert_close(_tensor(rob["bound"]), expected, rtol=1e-5, atol=0)
 
 
 def test_margin_bound_auto(single):
@@ -304,15 +315,7 @@ def test_margin_bound_auto(single):
         assert_binomial_close(p_a[i : i + 1], int(draws[i]), mine[i : i + 1], M)
     assert bool((p_low <= mine + 4.5 * math.sqrt(0.25 / M)).all()), (p_low, mine)
     assert bool(((p_a - p_low <= precision) | (draws == 20_000)).all()), (p_a, p_low, draws)
-    jac, scale = jacobian(client, client.x)
-    jac_norm = jac.reshape(len(jac), jac.shape[1], -1).norm(dim=(1, 2)).double()
-    torch.testing.assert_close(_tensor(rob["jacobian_norm"]), jac_norm, rtol=1e-5, atol=0)
-    expected = torch.where(
-        p_low > 0.5,
-        scale.min(-1).values.double() * torch.special.ndtri(p_low) / jac_norm,
-        torch.zeros_like(p_low),
-    )
-    torch.testing.assert_close(_tensor(rob["bound"]), expected, rtol=1e-5, atol=0)
+    _assert_cam_bound(client, rob)
     assert tree.attrs["num_samples"] == "auto" and tree.attrs["precision"] == precision
 
 
@@ -418,21 +421,25 @@ def test_max_damage_attack(client):
     assert_binomial_close(p, N, probability(client, client.x, client.r, delta, num=M), M)
 
 
-def test_empirical_margin(client):
+def _empirical_margin(client, **kwargs):
     with untouched(client):
-        tree = pr.empirical_margin(
+        return pr.empirical_margin(
             client.model,
             client.guide,
             client.x,
             r=client.r,
             bisection_steps=3,
             eval_samples=64,
-            num_samples=N,
             box=client.box,
             seed=0,
             **ATTACK,
+            **kwargs,
             **client.sites,
         )
+
+
+def test_empirical_margin(client):
+    tree = _empirical_margin(client, num_samples=N)
     rob = tree["robustness"]
     clean = probability(client, client.x, client.r, num=M)
     assert_binomial_close(_tensor(rob["probability_clean"]), N, clean, M)
@@ -448,32 +455,12 @@ def test_empirical_margin(client):
 def test_empirical_margin_auto(client):
     # The sequential margin's statements, checked by an independent computation: every end
     # decided "not robust" or "about 1/2" at delta_above has that probability in plain torch.
-    with untouched(client):
-        tree = pr.empirical_margin(
-            client.model,
-            client.guide,
-            client.x,
-            r=client.r,
-            bisection_steps=3,
-            eval_samples=64,
-            num_samples="auto",
-            max_samples=4000,
-            box=client.box,
-            seed=0,
-            **ATTACK,
-            **client.sites,
-        )
+    tree = _empirical_margin(client, num_samples="auto", max_samples=4000)
     rob = tree["robustness"]
     assert tree.attrs["num_samples"] == "auto" and tree.attrs["tolerance"] == 0.05
     above = _tensor(tree["constant_data"]["delta_above"]).to(client.x.dtype)
     mine = probability(client, client.x, client.r, above, num=M)
-    slack = 4.5 * math.sqrt(0.25 / M)
-    code = _tensor(rob["decision_above"])
-    assert bool((mine[code == NOT_ROBUST] < 0.5 + slack).all()), (mine, code)
-    assert bool(((mine[code == ABOUT_HALF] - 0.5).abs() < 0.05 + slack).all()), (mine, code)
-    ci = _tensor(rob["ci_above"]).double()  # (obs_id, ci_bound): lower, upper
-    inside = (mine >= ci[:, 0] - slack) & (mine <= ci[:, 1] + slack)
-    assert bool(inside.all()), (mine, ci)
+    _assert_decisions_hold(_tensor(rob["decision_above"]), _tensor(rob["ci_above"]), mine)
     assert bool((_tensor(rob["margin"]) <= _tensor(rob["margin_upper"])).all())
 
 
