@@ -215,7 +215,7 @@ class AttackConfig(QueryConfig):
         None,
         "with --empirical --num-samples auto: the indifference zone 1/2 +- this",
         check="half",
-        shown="0.05",
+        shown="0.04",
     )
 
 

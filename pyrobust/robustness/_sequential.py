@@ -114,6 +114,7 @@ __all__ = [
     "look_schedule",
     "pert_shape",
     "sequential_decide",
+    "sequential_decision_attrs",
     "sequential_labels",
     "sequential_lower_bound",
 ]
@@ -503,6 +504,22 @@ def sequential_lower_bound(
         p_hat = k[last].to(torch.float64) / n[last]
         codes[last] = (p_hat - lower[last] <= precision).to(torch.int8)
     return SequentialResult(k, n, lower, upper, codes, rounds, looks, alpha_look)
+
+
+def sequential_decision_attrs(what: str = "r-robustness decision") -> dict:
+    """CF flag attributes of an int8 sequential decision variable (codes -1, 0, 1, 2).
+
+    As :func:`pyrobust._results.decision_attrs`, with :data:`ABOUT_HALF` (``about_half``).
+    """
+    labels = SEQUENTIAL_DECISIONS
+    codes = sorted(labels)
+    return {
+        "flag_values": np.array(codes, dtype=np.int8),
+        "flag_meanings": " ".join(
+            labels[c].replace(" ", "_").replace("1/2", "half") for c in codes
+        ),
+        "long_name": f"{what}: " + ", ".join(f"{c} {labels[c]}" for c in codes),
+    }
 
 
 def sequential_labels(codes) -> np.ndarray:

@@ -78,8 +78,9 @@ def clopper_pearson(k, n, confidence: float) -> tuple[torch.Tensor, torch.Tensor
         Successes (draws inside the ball), any shape.
     n : int or array_like
         Trials, broadcastable against ``k``.
-    confidence : float
-        Level :math:`1 - \alpha` in (0, 1).
+    confidence : float or numpy.ndarray
+        Level :math:`1 - \alpha` in (0, 1); an array (broadcastable against ``k``) gives each
+        count its own level.
 
     Returns
     -------
@@ -88,7 +89,7 @@ def clopper_pearson(k, n, confidence: float) -> tuple[torch.Tensor, torch.Tensor
         :math:`P(p_{\mathrm{lo}} \le p \le p_{\mathrm{hi}}) \ge 1 - \alpha` for every :math:`p`.
     """
     k_np, n_np, device = _counts(k, n)
-    alpha = 1.0 - float(confidence)
+    alpha = 1.0 - np.asarray(confidence, dtype=np.float64)
     with np.errstate(all="ignore"):
         lower = special.betaincinv(np.maximum(k_np, 1.0), n_np - k_np + 1.0, alpha / 2.0)
         upper = special.betaincinv(k_np + 1.0, np.maximum(n_np - k_np, 1.0), 1.0 - alpha / 2.0)

@@ -32,7 +32,13 @@ from pyrobust.robustness._sampling import (
     make_generator,
     resolve_seed,
 )
-from pyrobust.robustness._sequential import ABOUT_HALF, METHOD, check_auto, sequential_decide
+from pyrobust.robustness._sequential import (
+    ABOUT_HALF,
+    METHOD,
+    check_auto,
+    sequential_decide,
+    sequential_decision_attrs,
+)
 from pyrobust.robustness._stats import NOT_ROBUST, ROBUST, clopper_pearson, decide
 from pyrobust.robustness._validation import (
     check_choice,
@@ -65,7 +71,7 @@ _CHECKS_AT = (0.5,)
 #: Checks per attack: one before the ascent and those during it.
 _CHECKS_PER_ATTACK = 1 + len(_CHECKS_AT)
 #: Sequential design: the indifference half-width of ``tolerance="auto"``.
-_TOLERANCE = 0.05
+_TOLERANCE = 0.04
 #: Draws at most in an early check (it only needs to catch clearly broken inputs).
 _CHECK_DRAWS = 64
 #: The share of the error spent on the early checks (the verdicts get the rest).
@@ -74,6 +80,10 @@ _CHECK_SHARE = 0.1
 _EXTRA_STEPS = 3
 #: Aimed steps stay inside this part of the bracket (each shrinks it by >= 1/10).
 _AIM_RANGE = (0.1, 0.9)
+#: Verdict spending: the clean verdict's share of the verdicts' error ...
+_CLEAN_SHARE = 0.05
+#: ... and the decay of the attacks' verdicts' shares in their order, (s + 1) ** -power.
+_SPENDING_POWER = 1.5
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +105,21 @@ def _aim(k_lo, n_lo, k_hi, n_hi, default):
     ok = (z_lo > 0) & (z_hi < 0)
     theta = (z_lo / (z_lo - z_hi).where(ok, 1.0)).clamp(*_AIM_RANGE).to(default.dtype)
     return torch.where(ok, theta, default)
+
+
+def _verdict_errors(error: float, num_verdicts: int) -> np.ndarray:
+    r"""The error of an input's :math:`j`-th verdict, :math:`j = 1, \dots, V`; they sum to ``error``.
+
+    The clean verdict (:math:`j = 1`) gets :data:`_CLEAN_SHARE` of it; the :math:`s`-th verdict
+    after an attack (:math:`j = s + 1`) a share proportional to :math:`(s + 1)^{-1.5}`
+    (:data:`_SPENDING_POWER`). An alpha-spending function over the verdicts' order, fixed
+    before any draw: an input's search ends after a few verdicts (the aimed steps reach the zone),
+    so its early verdicts, the expensive ones near :math:`p = 1/2`, get most of the error.
+    """
+    s = np.arange(1, num_verdicts, dtype=np.float64)
+    w = (s + 1.0) ** -_SPENDING_POWER
+    shares = np.concatenate([[_CLEAN_SHARE], (1.0 - _CLEAN_SHARE) * w / w.sum()])
+    return error * shares
 
 
 def empirical_margin(
@@ -172,27 +197,30 @@ def empirical_margin(
         of docs/SEQUENTIAL.md (section "Empirical margin"). Every verdict is a sequential
         decision, and each attack is cut short for the inputs an early check shows broken (a
         check at the previous breaking perturbation scaled into the new ball, before any
-        ascent; one half-way through the ascent; each at most 64 draws, acting only on "not
+        ascent, for the first attack with a box the box's corner farthest from :math:`x`;
+        one half-way through the ascent; each at most 64 draws, acting only on "not
         robust"), so only the inputs still standing get the full attack and the final verdict.
         Each step aims at the crossing (probit interpolation of the ends' :math:`\hat p`, up to
         3 steps more than ``bisection_steps``, halving when needed so that no bracket ends wider
         than the bisection's; an input stops once its bracket is that narrow).
         With :math:`A` = the bracket's attacks (1, or 31 without ``radius_max`` and ``box``) +
-        ``bisection_steps`` + 3, each of an input's :math:`V = 1 + A` verdicts runs at error
-        :math:`0.9\,` ``error`` :math:`/ V` and each of its :math:`C = 2A` checks at
-        :math:`0.1\,` ``error`` :math:`/ C`, so all of its statements hold together with
+        ``bisection_steps`` + 3, an input has at most :math:`V = 1 + A` verdicts and
+        :math:`C = 2A` checks. Its verdicts share :math:`0.9\,` ``error`` in the order they
+        run: the clean one 5%, the :math:`s`-th after an attack a share
+        :math:`\propto (s + 1)^{-3/2}` (docs/SEQUENTIAL.md); each check runs at
+        :math:`0.1\,` ``error`` :math:`/ C`. So all of its statements hold together with
         probability :math:`\ge 1 -` ``error`` (for the attacks found). A step counts as robust only when decided robust; "not robust" and "undecided"
         (``max_samples`` spent) count as broken; "about 1/2" (``p`` shown inside
         :math:`1/2 \pm \tau`) ends the input's bisection there: ``margin`` =
         ``margin_upper`` = that radius, ``decision_at_margin`` = 2.
     tolerance : float, None or "auto", default "auto"
         The indifference half-width :math:`\tau` with ``num_samples="auto"``; ``"auto"`` is
-        0.05 (the bisection drives :math:`p` to 1/2, where without a zone a decision needs up
+        0.04 (the bisection drives :math:`p` to 1/2, where without a zone a decision needs up
         to ``max_samples`` draws: ``None`` asks for that, a margin shown robust at every
-        step). Ignored by a fixed design. On the demo model (docs/BENCHMARKS.md, issue 15),
-        against margins from nearly exact verdicts, 0.05 was as accurate as a fixed design
-        of 1,000 draws in 0.4-0.45x its time; 0.06 took 0.3x its time with a 26% larger
-        error, 0.075 0.25x with 37%; ``None`` was twice as accurate and 7x slower.
+        step). Ignored by a fixed design. On the demo model at these defaults
+        (docs/BENCHMARKS.md, issue 15), against margins from nearly exact verdicts, 0.04 was
+        as accurate as a fixed design of 1,000 draws in 0.32x its time (three seeds); 0.05
+        took 0.27x with a 16-26% larger error; ``None`` was 1.5x as accurate and 4x slower.
     confidence : float, default 0.95
         Level of the Clopper-Pearson intervals.
     reference : {"mean", "sample"}, default "mean"
@@ -218,10 +246,10 @@ def empirical_margin(
         ``damage_above``. ``constant_data``: ``x``, ``r`` and ``delta_above`` (the breaking
         perturbation, dims ``obs_id, *pixel``). ``num_draws`` (``obs_id``): the encoder draws
         verdicts and checks of an input used. With ``num_samples="auto"`` the probabilities
-        are :math:`k/n` with each verdict's own ``n``, the intervals are at level
-        :math:`1 - 0.9\,\text{error}/(V J)` (:math:`J` looks; conservative for an end decided
-        by a check, which is reported at this level too) and the attrs record the sequential
-        settings.
+        are :math:`k/n` with each verdict's own ``n``, each interval is the confidence
+        sequence's at the test that decided that end (level :math:`1 - e/J`, :math:`e` that
+        verdict's or check's error, :math:`J` looks) and the attrs record the sequential
+        settings (``error_per_verdict``: the :math:`V` errors in order).
 
     Examples
     --------
@@ -262,7 +290,7 @@ def empirical_margin(
     if isinstance(tolerance, str):
         if tolerance != "auto":
             raise TypeError(
-                f"`tolerance` must be 'auto' (0.05 with num_samples='auto'), None or a number "
+                f"`tolerance` must be 'auto' (0.04 with num_samples='auto'), None or a number "
                 f"in (0, 1/2); got {tolerance!r}."
             )
         tolerance = _TOLERANCE if num_samples == "auto" else None
@@ -292,9 +320,10 @@ def empirical_margin(
     num_attacks += _EXTRA_STEPS if auto is not None else 0
     num_verdicts, num_checks = 1 + num_attacks, _CHECKS_PER_ATTACK * num_attacks
     if auto is not None:
-        error_verdict = auto["error"] * (1.0 - _CHECK_SHARE) / num_verdicts
+        error_verdicts = _verdict_errors(auto["error"] * (1.0 - _CHECK_SHARE), num_verdicts)
         error_check = auto["error"] * _CHECK_SHARE / num_checks
     seq_runs: list = []
+    verdicts_run = torch.zeros(n, dtype=torch.int64, device=x.device)  # per input, so far
 
     def counts(rows, delta, m):
         """Robust draws of ``m`` per row of ``rows`` (inputs) at perturbations ``delta``."""
@@ -328,27 +357,44 @@ def empirical_margin(
                 device=x.device,
             )
         seq_runs.append(res)
-        return res.k, res.n, res.decision_codes
+        return res.k, res.n, res.decision_codes, res.alpha_per_look
 
     def verdict(idx, delta):
-        """(k, draws, code) per row of ``idx`` at perturbations ``delta``: the step's verdict."""
-        if auto is not None:
-            return sequential(idx, delta, auto["max_samples"], auto["tolerance"], error_verdict)
-        with pair.session():
-            k = counts(idx, delta, num_samples)
-        code = torch.where(2 * k > num_samples, ROBUST, NOT_ROBUST).to(torch.int8)
-        return k, torch.full_like(k, num_samples), code
+        """(k, draws, code, alpha per look) per row of ``idx`` at perturbations ``delta``.
+
+        Sequential design: each input's ``j``-th verdict runs at ``error_verdicts[j]``, one
+        sequential run per ``j`` among the rows.
+        """
+        if auto is None:
+            with pair.session():
+                k = counts(idx, delta, num_samples)
+            code = torch.where(2 * k > num_samples, ROBUST, NOT_ROBUST).to(torch.int8)
+            a_look = torch.full(k.shape, 1.0 - confidence, dtype=torch.float64, device=x.device)
+            return k, torch.full_like(k, num_samples), code, a_look
+        order = verdicts_run[idx]
+        verdicts_run[idx] += 1
+        k = torch.zeros(idx.shape, dtype=torch.int64, device=x.device)
+        n_d, code = torch.zeros_like(k), torch.zeros(idx.shape, dtype=torch.int8, device=x.device)
+        a_look = torch.zeros(idx.shape, dtype=torch.float64, device=x.device)
+        for j in order.unique().tolist():
+            rows = (order == j).nonzero().squeeze(-1)
+            k_j, n_j, c_j, a_j = sequential(
+                idx[rows], delta[rows], auto["max_samples"], auto["tolerance"], error_verdicts[j]
+            )
+            k[rows], n_d[rows], code[rows], a_look[rows] = k_j, n_j, c_j, a_j
+        return k, n_d, code, a_look
 
     def check(idx, delta):
         """Rows of ``idx`` shown broken at ``delta`` by a short sequential test, and its counts."""
         max_draws = min(_CHECK_DRAWS, auto["max_samples"])
-        k, n_d, code = sequential(idx, delta, max_draws, None, error_check)
-        return code == NOT_ROBUST, k, n_d
+        k, n_d, code, a_look = sequential(idx, delta, max_draws, None, error_check)
+        return code == NOT_ROBUST, k, n_d, a_look
 
     def attack(idx, radius, warm=None):
         """The attack of budget ``radius`` (per input) and the step's verdict after it.
 
-        Returns ``(delta, damage, k, draws, code)`` per row of ``idx``. Sequential design: an
+        Returns ``(delta, damage, k, draws, code, alpha per look)`` per row of ``idx``
+        (the last: of the test that decided the row). Sequential design: an
         input is shown broken as soon as a check decides "not robust" (at ``warm``, the
         previous breaking perturbation scaled into the ball, before any ascent; half-way
         through the ascent), and only the others get the full attack and the final verdict.
@@ -359,12 +405,13 @@ def empirical_margin(
         k = torch.zeros(m, dtype=torch.int64, device=x.device)
         n_d = torch.zeros_like(k)
         code = torch.full((m,), NOT_ROBUST, dtype=torch.int8, device=x.device)
+        a_look = torch.zeros(m, dtype=torch.float64, device=x.device)
         done = torch.zeros(m, dtype=torch.bool, device=x.device)
         if auto is not None and warm is not None:
-            hit, k_w, n_w = check(idx, warm)
+            hit, k_w, n_w, a_w = check(idx, warm)
             draws_used[idx] += n_w
             done |= hit
-            delta[hit], k[hit], n_d[hit] = warm[hit], k_w[hit], n_w[hit]
+            delta[hit], k[hit], n_d[hit], a_look[hit] = warm[hit], k_w[hit], n_w[hit], a_w
             if bool(hit.any()):
                 with pair.session(), joint_rng(pair, gen, x.device):
                     damage[hit] = _mean_damage(
@@ -378,16 +425,16 @@ def empirical_margin(
                     )
         rest = (~done).nonzero().squeeze(-1)
         if not rest.numel():
-            return delta, damage, k, n_d, code
+            return delta, damage, k, n_d, code, a_look
         stop, stop_at = None, frozenset()
         if auto is not None and method == "pgd":
 
             def stop(cand, keep):
                 rows = rest[keep]
-                hit, k_c, n_c = check(idx[rows], cand)
+                hit, k_c, n_c, a_c = check(idx[rows], cand)
                 draws_used[idx[rows]] += n_c
                 done[rows[hit]] = True
-                k[rows[hit]], n_d[rows[hit]] = k_c[hit], n_c[hit]
+                k[rows[hit]], n_d[rows[hit]], a_look[rows[hit]] = k_c[hit], n_c[hit], a_c
                 return hit
 
             stop_at = frozenset(
@@ -419,34 +466,35 @@ def empirical_margin(
             m,
         )
         if final.numel():
-            k_f, n_f, c_f = verdict(idx[final], delta[final])
+            k_f, n_f, c_f, a_f = verdict(idx[final], delta[final])
             draws_used[idx[final]] += n_f
-            k[final], n_d[final], code[final] = k_f.to(k.dtype), n_f.to(n_d.dtype), c_f
-        return delta, damage, k, n_d, code
+            k[final], n_d[final], code[final], a_look[final] = k_f, n_f, c_f, a_f
+        return delta, damage, k, n_d, code, a_look
 
     zeros = torch.zeros_like(x)
     everyone = torch.arange(n, device=x.device)
-    k0, n0, code0 = verdict(everyone, zeros)
+    k0, n0, code0, a0 = verdict(everyone, zeros)
     draws_used = n0.clone().to(torch.int64)
     lo = torch.zeros(n, dtype=x.dtype, device=x.device)
     hi = torch.zeros(n, dtype=x.dtype, device=x.device)
     k_lo, k_hi = k0.clone(), k0.clone()
     n_lo, n_hi = n0.clone(), n0.clone()
     code_lo, code_hi = code0.clone(), code0.clone()
+    a_lo, a_hi = a0.clone(), a0.clone()  # alpha per look of the test that decided each end
     delta_hi = zeros.clone()
     damage_hi = torch.zeros(n, dtype=x.dtype, device=x.device)
     broken = code0 != ROBUST  # not r-robust unperturbed: margin 0, bracket [0, 0]
     settled = torch.zeros(n, dtype=torch.bool, device=x.device)  # crossing found (about 1/2)
     todo = ~broken
 
-    def record(idx, radius, delta, damage, k, n_d, code):
+    def record(idx, radius, delta, damage, k, n_d, code, a_look):
         robust, about = code == ROBUST, code == ABOUT_HALF
         up, down = idx[robust | about], idx[~robust]
-        lo[up], k_lo[up], n_lo[up], code_lo[up] = (
-            v[robust | about] for v in (radius, k, n_d, code)
+        lo[up], k_lo[up], n_lo[up], code_lo[up], a_lo[up] = (
+            v[robust | about] for v in (radius, k, n_d, code, a_look)
         )
-        hi[down], k_hi[down], n_hi[down], code_hi[down] = (
-            v[~robust] for v in (radius, k, n_d, code)
+        hi[down], k_hi[down], n_hi[down], code_hi[down], a_hi[down] = (
+            v[~robust] for v in (radius, k, n_d, code, a_look)
         )
         delta_hi[down], damage_hi[down] = delta[~robust], damage[~robust]
         settled[idx[about]] = True
@@ -461,8 +509,16 @@ def empirical_margin(
             far = torch.maximum(x - box[0], box[1] - x)
             top = _norm(far, norm)
         hi[idx] = top[idx]
+        warm = None
+        if auto is not None and box is not None:
+            # the box's corner farthest from x, scaled into the ball (a convex combination of x
+            # and a box point: inside both): the warm check of the first attack
+            corner = torch.where(x - box[0] > box[1] - x, box[0] - x, box[1] - x)[idx]
+            size = _norm(corner, norm)
+            scale = (top[idx] / size.where(size > 0, 1.0)).clamp(max=1.0)
+            warm = corner * _bcast(scale, corner)
         if idx.numel():
-            robust = record(idx, top[idx], *attack(idx, top[idx]))
+            robust = record(idx, top[idx], *attack(idx, top[idx], warm))
             broken[idx[~robust]] = True
     else:
         radius = torch.ones(n, dtype=x.dtype, device=x.device)
@@ -511,10 +567,13 @@ def empirical_margin(
         logger.info("empirical_margin: bisection step %d/%d", step + 1, steps_run)
 
     # sequential: the intervals at the verdicts' level per look, 1 - 0.9 error / (V J)
-    level = confidence if auto is None else 1.0 - seq_runs[0].alpha_per_look
-    lower_lo, upper_lo = clopper_pearson(k_lo, n_lo, level)
-    lower_hi, upper_hi = clopper_pearson(k_hi, n_hi, level)
-    lower_0, upper_0 = clopper_pearson(k0, n0, level)
+    # each end's interval at the level of the test that decided it (the fixed design: confidence)
+    def interval(k, n_d, a_look):
+        return clopper_pearson(k, n_d, 1.0 - a_look.cpu().numpy())
+
+    lower_lo, upper_lo = interval(k_lo, n_lo, a_lo)
+    lower_hi, upper_hi = interval(k_hi, n_hi, a_hi)
+    lower_0, upper_0 = interval(k0, n0, a0)
     obs = ("obs_id",)
 
     def prob(k, n_d):
@@ -541,7 +600,7 @@ def empirical_margin(
             "num_samples": "auto",
             "sequential_method": METHOD,
             "error": auto["error"],
-            "error_per_verdict": error_verdict,
+            "error_per_verdict": error_verdicts.tolist(),
             "verdicts_per_input": num_verdicts,
             "error_per_check": error_check,
             "checks_per_input": num_checks,
@@ -549,13 +608,15 @@ def empirical_margin(
             "tolerance": auto["tolerance"],
             "looks": list(seq_runs[0].looks),
             "total_draws": int(draws_used.sum()),
-            "decision_rule": "robust at a radius if the sequential verdict (error_per_verdict) is "
+            "decision_rule": "robust at a radius if the sequential verdict (error_per_verdict, "
+            "the input's j-th verdict at the j-th error) is "
             "'robust'; 'about 1/2' ends the bisection there (margin = margin_upper); "
             "otherwise broken (shown by an early check or the verdict)",
             "search": f"steps aimed at p = 1/2 (probit interpolation, {_AIM_RANGE[0]:g}-"
             f"{_AIM_RANGE[1]:g} of the bracket), at most bisection_steps + {_EXTRA_STEPS}, "
             "halving when needed: no bracket wider than the bisection's",
-            "early_checks": "before the ascent (previous breaking perturbation, scaled) and "
+            "early_checks": "before the ascent (previous breaking perturbation, scaled; first "
+            "attack with a box: the box's farthest corner, scaled) and "
             f"at {', '.join(f'{f:g}' for f in _CHECKS_AT)} of its steps; at most "
             f"{_CHECK_DRAWS} draws each",
         }
@@ -597,6 +658,11 @@ def empirical_margin(
     rob = tree["robustness"]
     rob["margin"].attrs["long_name"] = "largest radius the attack did not break (R_lo)"
     rob["margin_upper"].attrs["long_name"] = "smallest radius the attack broke (R_hi)"
+    if auto is not None:  # sequential verdicts: "about 1/2" (2) is a fourth code
+        for name, what in (("at_margin", "at R_lo"), ("above", "at R_hi")):
+            rob[f"decision_{name}"].attrs.update(
+                sequential_decision_attrs(f"sequential r-robustness verdict {what}")
+            )
     return tree
 
 

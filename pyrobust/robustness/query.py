@@ -27,12 +27,12 @@ from pyrobust.robustness._sampling import (
     sample_distances,
 )
 from pyrobust.robustness._sequential import (
-    SEQUENTIAL_DECISIONS,
     auto_attrs,
     check_auto,
     indicator_draw,
     pert_shape,
     sequential_decide,
+    sequential_decision_attrs,
 )
 from pyrobust.robustness._stats import (
     clopper_pearson,
@@ -485,15 +485,7 @@ def _describe(tree: xr.DataTree, confidence: float, auto: dict | None = None) ->
     rob["num_inside"].attrs["long_name"] = "number of draws with ||Delta|| <= r"
     if auto is not None:
         rob["num_draws"].attrs["long_name"] = "draws used (sequential design)"
-        labels = SEQUENTIAL_DECISIONS
-        rob["decision"].attrs.update(
-            flag_values=np.array(sorted(labels), dtype=np.int8),
-            flag_meanings=" ".join(
-                labels[c].replace(" ", "_").replace("1/2", "half") for c in sorted(labels)
-            ),
-            long_name="r-robustness decision: "
-            + ", ".join(f"{c} {labels[c]}" for c in sorted(labels)),
-        )
+        rob["decision"].attrs.update(sequential_decision_attrs())
         return
     rob["num_draws"].attrs["long_name"] = "draws per cell (fixed design)"
     rob["degree"].attrs["long_name"] = "degree of robustness: median of ||Delta||"

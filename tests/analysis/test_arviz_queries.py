@@ -44,6 +44,7 @@ def _check_schema(tree, x, obs_site="x"):
     if "constant_data" in tree.children:
         assert "x" not in tree["constant_data"].data_vars  # x is the observed value here
     rob = tree["robustness"].to_dataset()
+    sequential = attrs.get("num_samples") == "auto"
     for name, var in rob.data_vars.items():
         assert var.dtype.kind not in "USO", f"{name} holds strings"
         assert not name.startswith(("ci_lower", "ci_upper")), f"{name}: use ci on ci_bound"
@@ -52,9 +53,15 @@ def _check_schema(tree, x, obs_site="x"):
             assert rob["ci_bound"].values.tolist() == ["lower", "upper"]
         if name == "decision" or name.startswith("decision_"):
             assert var.dtype == np.int8, name
-            assert list(var.attrs["flag_values"]) == [-1, 0, 1]
-            assert var.attrs["flag_meanings"] == "not_robust undecided robust"
-            assert set(np.unique(var.values)) <= {-1, 0, 1}
+            flags = list(var.attrs["flag_values"])
+            meanings = var.attrs["flag_meanings"].split()
+            if sequential:  # num_samples="auto": "about 1/2" is a fourth code
+                assert flags == [-1, 0, 1, 2], name
+                assert meanings == ["not_robust", "undecided", "robust", "about_half"], name
+            else:
+                assert flags == [-1, 0, 1], name
+                assert meanings == ["not_robust", "undecided", "robust"], name
+            assert set(np.unique(var.values)) <= set(flags), name
 
 
 def _check_indicators(tree, num_samples, confidence):

@@ -457,10 +457,11 @@ def test_empirical_margin_auto(client):
     # decided "not robust" or "about 1/2" at delta_above has that probability in plain torch.
     tree = _empirical_margin(client, num_samples="auto", max_samples=4000)
     rob = tree["robustness"]
-    assert tree.attrs["num_samples"] == "auto" and tree.attrs["tolerance"] == 0.05
+    assert tree.attrs["num_samples"] == "auto" and tree.attrs["tolerance"] == 0.04
     above = _tensor(tree["constant_data"]["delta_above"]).to(client.x.dtype)
     mine = probability(client, client.x, client.r, above, num=M)
-    _assert_decisions_hold(_tensor(rob["decision_above"]), _tensor(rob["ci_above"]), mine)
+    code, ci = _tensor(rob["decision_above"]), _tensor(rob["ci_above"])
+    _assert_decisions_hold(code, ci, mine, tolerance=0.04)
     assert bool((_tensor(rob["margin"]) <= _tensor(rob["margin_upper"])).all())
 
 
